@@ -1,0 +1,84 @@
+import logging
+import time
+
+from django.conf import settings
+
+from hokusai_site.errors import problem_response
+from hokusai_site.request_id import current_request_id, request_id_from_header
+
+access_logger = logging.getLogger("hokusai.access")
+
+
+class RequestIdMiddleware:
+    """Gives every request an id (the client's X-Request-ID if acceptable), echoes it in the
+    response, puts it on every log line written while the request runs, and logs the request."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        request_id = request_id_from_header(request.META.get("HTTP_X_REQUEST_ID"))
+        request.request_id = request_id
+        token = current_request_id.set(request_id)
+        started = time.perf_counter()
+        try:
+            response = self.get_response(request)
+            response["X-Request-ID"] = request_id
+            duration_ms = (time.perf_counter() - started) * 1000
+            # The path without its query string: query strings can carry secrets.
+            access_logger.info(
+                "%s %s %s %.1fms",
+                request.method,
+                request.path,
+                response.status_code,
+                duration_ms,
+                extra={
+                    "method": request.method,
+                    "path": request.path,
+                    "status": response.status_code,
+                    "duration_ms": round(duration_ms, 2),
+                },
+            )
+            return response
+        finally:
+            current_request_id.reset(token)
+
+
+class RequestBodyLimitMiddleware:
+    """Answers 413 before reading a body larger than its view accepts.
+
+    A view (or DRF view class) may set `max_body_bytes`; the default is MAX_REQUEST_BODY_BYTES.
+    DRF reads JSON straight from the stream, bypassing DATA_UPLOAD_MAX_MEMORY_SIZE, so the
+    declared Content-Length is checked here for every route.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        # Checked before anything else reads the header (django-prometheus would raise on it).
+        if _content_length(request) is None:
+            return problem_response(
+                status=400, code="bad_content_length", detail="Content-Length is not a number."
+            )
+        return self.get_response(request)
+
+    def process_view(self, request, view_func, view_args, view_kwargs):
+        length = _content_length(request)
+        view = getattr(view_func, "cls", view_func)
+        limit = getattr(view, "max_body_bytes", settings.MAX_REQUEST_BODY_BYTES)
+        if length > limit:
+            return problem_response(
+                status=413,
+                code="request_too_large",
+                detail=f"The request body is {length} bytes; this route accepts at most {limit}.",
+            )
+        return None
+
+
+def _content_length(request) -> int | None:
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return None
+    return length if length >= 0 else None

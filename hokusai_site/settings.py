@@ -1,0 +1,401 @@
+"""Hokusai settings: every value comes from the environment (django-environ; `.env` optional).
+
+`.env.example` lists each variable with its default. A missing or malformed value stops start-up
+with an `ImproperlyConfigured` error that names the variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+# An explicit ENV_FILE lets tests and deployments choose the file; the default is optional.
+environ.Env.read_env(os.environ.get("ENV_FILE", BASE_DIR / ".env"))
+
+
+def _typed(name: str, cast, default):
+    """Read one variable; a value that does not parse stops start-up naming the variable."""
+    try:
+        return env.get_value(name, cast=cast, default=default)
+    except ImproperlyConfigured:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ImproperlyConfigured(
+            f"{name} has an invalid value {os.environ.get(name)!r}: {exc}"
+        ) from exc
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _typed(name, str, default).strip().lower()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+_BOOLEANS = {
+    "true": True,
+    "1": True,
+    "yes": True,
+    "on": True,
+    "false": False,
+    "0": False,
+    "no": False,
+    "off": False,
+}
+
+
+def _bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value not in _BOOLEANS:
+        raise ImproperlyConfigured(f"{name} must be true or false; got {os.environ[name]!r}")
+    return _BOOLEANS[value]
+
+
+def _positive(name: str, cast, default):
+    value = _typed(name, cast, default)
+    if value <= 0:
+        raise ImproperlyConfigured(f"{name} must be greater than zero; got {value!r}")
+    return value
+
+
+def _url(name: str, default: str, schemes: tuple[str, ...]) -> str:
+    value = _typed(name, str, default).strip()
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not (parts.netloc or parts.path):
+        raise ImproperlyConfigured(
+            f"{name} must be a URL with scheme {' or '.join(schemes)}; got {value!r}"
+        )
+    return value
+
+
+# --- Environment -------------------------------------------------------------------------------
+ENVIRONMENT = _choice(
+    "ENVIRONMENT", "development", ("development", "test", "staging", "production")
+)
+IS_PRODUCTION = ENVIRONMENT in ("staging", "production")
+DEBUG = _bool("DEBUG", not IS_PRODUCTION and ENVIRONMENT != "test")
+VAR_DIR = Path(_typed("HOKUSAI_VAR_DIR", str, str(BASE_DIR / "var"))).resolve()
+
+if IS_PRODUCTION and "SECRET_KEY" not in os.environ:
+    raise ImproperlyConfigured("SECRET_KEY must be set when ENVIRONMENT is staging or production")
+SECRET_KEY = _typed("SECRET_KEY", str, "dev-only-insecure-secret-key-change-me-0123456789abcdef")
+if IS_PRODUCTION and (len(SECRET_KEY) < 50 or SECRET_KEY.startswith("dev-only")):
+    raise ImproperlyConfigured("SECRET_KEY must be a random string of at least 50 characters")
+
+ALLOWED_HOSTS = _typed(
+    "ALLOWED_HOSTS",
+    list,
+    [] if IS_PRODUCTION else ["localhost", "127.0.0.1", "[::1]", "testserver"],
+)
+if IS_PRODUCTION and not ALLOWED_HOSTS:
+    raise ImproperlyConfigured(
+        "ALLOWED_HOSTS must be set when ENVIRONMENT is staging or production"
+    )
+CSRF_TRUSTED_ORIGINS = _typed("CSRF_TRUSTED_ORIGINS", list, [])
+
+# --- Applications ------------------------------------------------------------------------------
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "corsheaders",
+    "django_prometheus",
+    "hokusai_site.apps.HokusaiSiteConfig",
+    "registry.apps.RegistryConfig",
+    "authkeys.apps.AuthkeysConfig",
+    "webhooks.apps.WebhooksConfig",
+    "inference.apps.InferenceConfig",
+]
+
+# Every app's migrations live under the top-level `migrations` package.
+MIGRATION_MODULES = {
+    "hokusai_site": "migrations.hokusai_site",
+    "registry": "migrations.registry",
+    "authkeys": "migrations.authkeys",
+    "webhooks": "migrations.webhooks",
+    "inference": "migrations.inference",
+}
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "hokusai_site.middleware.RequestIdMiddleware",
+    "hokusai_site.middleware.RequestBodyLimitMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "hokusai_site.urls"
+WSGI_APPLICATION = "hokusai_site.wsgi.application"
+ASGI_APPLICATION = "hokusai_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database: ours and MLflow's tables in one database ----------------------------------------
+# Without DATABASE_URL the embedded default is a SQLite file under var/.
+_default_database_url = f"sqlite:///{VAR_DIR / 'hokusai.sqlite3'}"
+try:
+    DATABASES = {"default": env.db_url("DATABASE_URL", default=_default_database_url)}
+except (ImproperlyConfigured, ValueError, KeyError) as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from exc
+if DATABASES["default"].get("ENGINE") not in (
+    "django.db.backends.postgresql",
+    "django.db.backends.sqlite3",
+):
+    raise ImproperlyConfigured("DATABASE_URL must be a postgres:// or sqlite:// URL")
+DATABASES["default"]["CONN_MAX_AGE"] = _typed("DATABASE_CONN_MAX_AGE", int, 60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # WAL lets the web server, the worker and MLflow read while one of them writes.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+else:
+    DATABASES["default"].setdefault("OPTIONS", {})
+    # A dead database must fail a request (and the health check) quickly, not hang it.
+    DATABASES["default"]["OPTIONS"].setdefault(
+        "connect_timeout", _positive("DATABASE_CONNECT_TIMEOUT", int, 3)
+    )
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: cache, rate limits and Celery broker ----------------------------------------------
+REDIS_URL = _typed("REDIS_URL", str, "").strip()
+if REDIS_URL:
+    REDIS_URL = _url("REDIS_URL", REDIS_URL, ("redis", "rediss", "unix"))
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "hokusai",
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+        }
+    }
+else:
+    # Embedded default: a cache table in the database (created by `manage.py migrate`).
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "hokusai_cache",
+        }
+    }
+
+# --- Celery ------------------------------------------------------------------------------------
+CELERY_BROKER_URL = REDIS_URL or f"sqla+sqlite:///{VAR_DIR / 'celery-broker.sqlite3'}"
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+# At-least-once: a task is acknowledged after it ran, and re-queued if its worker dies.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE: dict = {}
+# How often each worker records that it is alive (the health check reads these rows).
+CELERY_WORKER_HEARTBEAT_SECONDS = _positive("CELERY_WORKER_HEARTBEAT_SECONDS", float, 10.0)
+
+# --- MLflow ------------------------------------------------------------------------------------
+MLFLOW_TRACKING_URI = _url("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000", ("http", "https"))
+MLFLOW_ARTIFACTS_DESTINATION = _typed(
+    "MLFLOW_ARTIFACTS_DESTINATION", str, str(VAR_DIR / "mlartifacts")
+)
+MLFLOW_FALLBACK_IP = _typed("MLFLOW_FALLBACK_IP", str, "").strip()
+if MLFLOW_FALLBACK_IP:
+    try:
+        ipaddress.ip_address(MLFLOW_FALLBACK_IP)
+    except ValueError as exc:
+        raise ImproperlyConfigured(
+            f"MLFLOW_FALLBACK_IP must be an IP address; got {MLFLOW_FALLBACK_IP!r}"
+        ) from exc
+DNS_CACHE_TTL = _positive("DNS_CACHE_TTL", int, 300)
+
+# --- Health checks -----------------------------------------------------------------------------
+# Each dependency check gives up after this long, so a hung dependency never hangs /api/v1/health.
+HEALTH_CHECK_TIMEOUT_SECONDS = _positive("HEALTH_CHECK_TIMEOUT_SECONDS", float, 2.0)
+
+# --- Webhooks (delivery lands in the webhooks issue; the names keep the original meaning) ------
+WEBHOOK_TIMEOUT = _positive("WEBHOOK_TIMEOUT", float, 10.0)
+ENABLE_REDIS_FALLBACK = _bool("ENABLE_REDIS_FALLBACK", False)
+
+# --- Storage: S3 through django-storages when a bucket is set, local files otherwise -----------
+AWS_REGION = _typed("AWS_REGION", str, "us-east-1")
+AWS_STORAGE_BUCKET_NAME = _typed("AWS_STORAGE_BUCKET_NAME", str, "").strip()
+AWS_S3_ENDPOINT_URL = _typed("AWS_S3_ENDPOINT_URL", str, "").strip() or None
+AWS_S3_REGION_NAME = AWS_REGION
+AWS_DEFAULT_ACL = None
+AWS_S3_FILE_OVERWRITE = False
+MEDIA_ROOT = VAR_DIR / "media"
+MEDIA_URL = "/media/"
+STATIC_ROOT = VAR_DIR / "static"
+STATIC_URL = "/static/"
+STORAGES = {
+    "default": (
+        {"BACKEND": "storages.backends.s3.S3Storage"}
+        if AWS_STORAGE_BUCKET_NAME
+        else {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+    ),
+    "staticfiles": {
+        "BACKEND": (
+            "whitenoise.storage.CompressedManifestStaticFilesStorage"
+            if IS_PRODUCTION
+            else "django.contrib.staticfiles.storage.StaticFilesStorage"
+        )
+    },
+}
+# Dev and tests serve admin assets straight from the apps, so no collectstatic is needed.
+WHITENOISE_USE_FINDERS = not IS_PRODUCTION
+if not IS_PRODUCTION:
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+
+# --- Request bodies ----------------------------------------------------------------------------
+# JSON API bodies above this size get 413 before they are read. Streaming routes (the MLflow
+# proxy, contribution uploads) declare their own limits.
+MAX_REQUEST_BODY_BYTES = _positive("MAX_REQUEST_BODY_BYTES", int, 5 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+
+# --- Auth, i18n --------------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# --- API ---------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_RENDERER_CLASSES": (
+        ["rest_framework.renderers.JSONRenderer", "rest_framework.renderers.BrowsableAPIRenderer"]
+        if DEBUG
+        else ["rest_framework.renderers.JSONRenderer"]
+    ),
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "hokusai_site.pagination.BoundedPageNumberPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "hokusai_site.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Hokusai API",
+    "DESCRIPTION": "Model registry and serving platform on MLflow.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- CORS --------------------------------------------------------------------------------------
+CORS_ALLOWED_ORIGINS = _typed("CORS_ALLOWED_ORIGINS", list, [])
+CORS_URLS_REGEX = r"^/api/.*$"
+CORS_EXPOSE_HEADERS = [
+    "X-Request-ID",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "Retry-After",
+]
+
+# --- Security (production) ---------------------------------------------------------------------
+if IS_PRODUCTION:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = _bool("SECURE_SSL_REDIRECT", True)
+    # Load balancers probe plain HTTP inside the network.
+    SECURE_REDIRECT_EXEMPT = [r"^health$", r"^api/v1/health$"]
+    SECURE_HSTS_SECONDS = _typed("SECURE_HSTS_SECONDS", int, 31_536_000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- Build info --------------------------------------------------------------------------------
+HOKUSAI_VERSION = "0.1.0"
+BUILD_COMMIT = _typed("BUILD_COMMIT", str, "")
+
+# --- Logging: JSON in production, readable lines in development --------------------------------
+LOG_LEVEL = _choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()
+LOG_FORMAT = _choice("LOG_FORMAT", "json" if IS_PRODUCTION else "text", ("json", "text"))
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"request_id": {"()": "hokusai_site.request_id.RequestIdFilter"}},
+    "formatters": {
+        "text": {
+            "format": "%(asctime)s %(levelname)-7s [%(request_id)s] %(name)s: %(message)s",
+        },
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["request_id"],
+        },
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        # Our own request log line replaces django.server's and gunicorn's access logs.
+        "django.server": {"handlers": [], "level": "ERROR", "propagate": False},
+    },
+}

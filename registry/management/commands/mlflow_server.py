@@ -1,0 +1,36 @@
+import os
+import shutil
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DEFAULT_DB_ALIAS, connections
+
+from migrations import mlflow_schema
+from registry import mlflow
+
+
+class Command(BaseCommand):
+    help = (
+        "Runs the MLflow tracking server on our database, listening on the host and port of "
+        "MLFLOW_TRACKING_URI, with artifacts in MLFLOW_ARTIFACTS_DESTINATION."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--workers", type=int, default=int(os.environ.get("MLFLOW_WORKERS", 2)))
+
+    def handle(self, *args, workers: int, **options):
+        target = mlflow.upstream()
+        executable = shutil.which("mlflow")
+        if executable is None:
+            raise CommandError("the mlflow executable is not on PATH (activate .venv)")
+        command = mlflow.server_command(
+            backend_store_uri=mlflow_schema.sqlalchemy_url(
+                connections[DEFAULT_DB_ALIAS].settings_dict
+            ),
+            artifacts_destination=settings.MLFLOW_ARTIFACTS_DESTINATION,
+            host=target.host,
+            port=target.port,
+            workers=workers,
+        )
+        # Replace this process so signals from the process manager reach MLflow directly.
+        os.execv(executable, command)  # noqa: S606
