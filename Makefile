@@ -39,7 +39,7 @@ run: venv
 	@echo "  MLflow       $${MLFLOW_TRACKING_URI:-http://127.0.0.1:5000}"
 	@echo "  Ctrl-C stops everything."
 	@echo
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho --procfile deploy/Procfile.dev --app-root . start
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) deploy/scripts/run_processes.py deploy/Procfile.dev
 
 superuser: venv
 	$(PY) manage.py migrate --verbosity 0

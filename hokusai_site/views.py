@@ -1,7 +1,7 @@
 import platform
+from importlib.metadata import version as package_version
 
 import django
-import mlflow.version
 from django.conf import settings
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET
@@ -69,6 +69,7 @@ class VersionApi(PublicApi):
                 "environment": settings.ENVIRONMENT,
                 "python": platform.python_version(),
                 "django": django.get_version(),
-                "mlflow": mlflow.version.VERSION,
+                # The installed distribution's version, without importing all of MLflow.
+                "mlflow": package_version("mlflow"),
             }
         )
