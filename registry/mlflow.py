@@ -89,14 +89,20 @@ def server_is_healthy(*, timeout: float) -> bool:
 
 
 def server_command(
-    *, backend_store_uri: str, artifacts_destination: str, host: str, port: int, workers: int
+    *,
+    backend_store_uri: str,
+    artifacts_destination: str,
+    host: str,
+    port: int,
+    workers: int,
+    allowed_hosts: str = "",
 ) -> list[str]:
     """The `mlflow server` command line for a tracking server on our database.
 
     Artifacts are served by the tracking server itself (clients never need storage credentials);
     the schema already exists, created by `manage.py migrate`, so the server does not migrate it.
     """
-    return [
+    command = [
         "mlflow",
         "server",
         "--backend-store-uri",
@@ -111,3 +117,5 @@ def server_command(
         "--workers",
         str(workers),
     ]
+    # MLflow refuses Host headers other than localhost's unless told which names it serves by.
+    return [*command, "--allowed-hosts", allowed_hosts] if allowed_hosts else command

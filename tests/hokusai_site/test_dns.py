@@ -376,6 +376,18 @@ def expire_cached_entry(resolver: DnsResolver, lookup: BlockingLookup, clock: Fa
     lookup.calls.clear()
 
 
+def resolve_from_threads(
+    resolver: DnsResolver, lookup: BlockingLookup, arrived, count: int
+) -> tuple[list, list]:
+    """`count` threads resolve HOST; the blocked lookup is released once `arrived()` is true."""
+    threads, results, errors = run_threads(count, lambda: resolver.resolve(HOST))
+    wait_until(arrived)
+    lookup.release.set()
+    for thread in threads:
+        thread.join(WAIT)
+    return results, errors
+
+
 def test_concurrent_callers_share_a_single_lookup():
     lookup, clock = BlockingLookup(), FakeClock()
     resolver = make_resolver(lookup, clock)
@@ -383,11 +395,9 @@ def test_concurrent_callers_share_a_single_lookup():
     lookup.answers[HOST] = ["10.0.0.9"]
     clock.callers.clear()
 
-    threads, results, errors = run_threads(20, lambda: resolver.resolve(HOST))
-    wait_until(lambda: lookup.entered.is_set() and len(clock.callers) >= 20)
-    lookup.release.set()
-    for thread in threads:
-        thread.join(WAIT)
+    results, errors = resolve_from_threads(
+        resolver, lookup, lambda: lookup.entered.is_set() and len(clock.callers) >= 20, 20
+    )
 
     assert errors == []
     assert lookup.calls == [HOST]
@@ -404,11 +414,9 @@ def test_concurrent_callers_share_a_failed_lookup_instead_of_retrying():
     lookup.fail = True
     clock.callers.clear()
 
-    threads, results, errors = run_threads(20, lambda: resolver.resolve(HOST))
-    wait_until(lambda: lookup.entered.is_set() and len(clock.callers) >= 20)
-    lookup.release.set()
-    for thread in threads:
-        thread.join(WAIT)
+    results, errors = resolve_from_threads(
+        resolver, lookup, lambda: lookup.entered.is_set() and len(clock.callers) >= 20, 20
+    )
 
     assert errors == []
     assert lookup.calls == [HOST]
@@ -423,11 +431,7 @@ def test_concurrent_callers_all_get_the_error_when_nothing_to_serve():
     lookup.fail = True
     resolver = make_resolver(lookup, clock)
 
-    threads, results, errors = run_threads(5, lambda: resolver.resolve(HOST))
-    wait_until(lookup.entered.is_set)
-    lookup.release.set()
-    for thread in threads:
-        thread.join(WAIT)
+    results, errors = resolve_from_threads(resolver, lookup, lookup.entered.is_set, 5)
 
     assert results == []
     assert len(errors) == 5

@@ -64,6 +64,7 @@ def test_admin_is_titled_for_hokusai_and_logs_in(client, django_user_model):
     page = response.content.decode()
     assert response.status_code == 200
     assert "Hokusai administration" in page
+    assert 'class="hokusai-environment hokusai-environment-test"' in page
     assert "Log out" in page
 
 

@@ -113,3 +113,12 @@ def test_production_settings_pass_djangos_deploy_checks(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "no issues" in result.stdout
+
+
+def test_env_example_loads_as_is(tmp_path):
+    code = LOADS_SETTINGS + "; from django.conf import settings as s; print(s.DNS_CACHE_TTL)"
+    result = start_with(
+        code, ENV_FILE=str(REPO_ROOT / ".env.example"), HOKUSAI_VAR_DIR=str(tmp_path)
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "300"

@@ -17,8 +17,17 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--workers", type=int, default=int(os.environ.get("MLFLOW_WORKERS", 2)))
+        parser.add_argument(
+            "--host", help="interface to bind (default: MLFLOW_TRACKING_URI's host)"
+        )
+        parser.add_argument("--port", type=int, help="default: MLFLOW_TRACKING_URI's port")
+        parser.add_argument(
+            "--allowed-hosts",
+            default="",
+            help="Host headers MLflow accepts besides localhost's, e.g. mlflow:5000",
+        )
 
-    def handle(self, *args, workers: int, **options):
+    def handle(self, *args, workers: int, host, port, allowed_hosts: str, **options):
         target = mlflow.upstream()
         executable = shutil.which("mlflow")
         if executable is None:
@@ -28,9 +37,10 @@ class Command(BaseCommand):
                 connections[DEFAULT_DB_ALIAS].settings_dict
             ),
             artifacts_destination=settings.MLFLOW_ARTIFACTS_DESTINATION,
-            host=target.host,
-            port=target.port,
+            host=host or target.host,
+            port=port or target.port,
             workers=workers,
+            allowed_hosts=allowed_hosts,
         )
         # Replace this process so signals from the process manager reach MLflow directly.
         os.execv(executable, command)  # noqa: S606
