@@ -78,6 +78,11 @@ def test_make_run_serves_health_and_stops_cleanly_on_ctrl_c(tmp_path):
         assert not_found.status == 404
         assert not_found.headers["Content-Type"] == "application/problem+json"
         assert not_found.json()["code"] == "not_found"
+
+        # gunicorn's workers share their counters through the multiprocess directory.
+        metrics = http.request("GET", f"http://127.0.0.1:{web_port}/metrics").data.decode()
+        assert "django_http_requests_total_by_view_transport_method_total{" in metrics
+        assert 'view="api-v1:health"' in metrics
     finally:
         # Ctrl-C in a terminal signals the whole foreground process group.
         os.killpg(make.pid, signal.SIGINT)

@@ -7,6 +7,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from hokusai_site.errors import ApplicationError
+from hokusai_site.pagination import BoundedPageNumberPagination
 
 
 class EchoApi(APIView):
@@ -41,6 +42,16 @@ class BrokenApi(APIView):
         raise RuntimeError("database password is hunter2")
 
 
+class NumbersApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    def get(self, request):
+        paginator = BoundedPageNumberPagination()
+        page = paginator.paginate_queryset(list(range(1000)), request, view=self)
+        return paginator.get_paginated_response(page)
+
+
 class PrivateApi(APIView):
     def get(self, request):
         return Response({})
@@ -51,6 +62,7 @@ urlpatterns = [
     path("api/v1/conflict", ConflictApi.as_view()),
     path("api/v1/broken", BrokenApi.as_view()),
     path("api/v1/private", PrivateApi.as_view()),
+    path("api/v1/numbers", NumbersApi.as_view()),
     path("", include("hokusai_site.urls")),
 ]
 

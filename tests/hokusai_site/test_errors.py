@@ -147,3 +147,26 @@ def test_request_id_appears_in_the_request_log_lines(client, caplog):
     assert all(r.request_id == "find-me-42" for r in request_records)
     access = next(r for r in request_records if r.name == "hokusai.access")
     assert (access.method, access.path, access.status) == ("GET", "/api/v1/nope", 404)
+
+
+def test_page_size_is_capped(client):
+    body = client.get("/api/v1/numbers?page_size=100000").json()
+    assert body["count"] == 1000
+    assert len(body["results"]) == 200
+
+
+def test_default_page_size_and_next_link(client):
+    body = client.get("/api/v1/numbers").json()
+    assert len(body["results"]) == 50
+    assert body["next"].endswith("/api/v1/numbers?page=2")
+
+
+def test_page_out_of_range_is_a_404_problem(client):
+    response = client.get("/api/v1/numbers?page=999")
+    assert response.status_code == 404
+    assert problem(response)["code"] == "not_found"
+
+
+def test_browsable_api_is_off_without_debug(client):
+    response = client.get("/api/v1/conflict", HTTP_ACCEPT="text/html")
+    assert response["Content-Type"] == "application/problem+json"

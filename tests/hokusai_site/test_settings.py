@@ -1,5 +1,6 @@
 """Start-up refuses wrong configuration with a message naming the variable."""
 
+import json
 import os
 import secrets
 import subprocess
@@ -122,3 +123,25 @@ def test_env_example_loads_as_is(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "300"
+
+
+def test_production_logs_are_json_lines_carrying_the_request_id(tmp_path):
+    code = (
+        LOADS_SETTINGS + "; from django.test import Client; "
+        "Client().get('/health', HTTP_X_REQUEST_ID='json-log-1')"
+    )
+    result = start_with(
+        code,
+        ENVIRONMENT="production",
+        SECRET_KEY=secrets.token_urlsafe(50),
+        ALLOWED_HOSTS="testserver",
+        SECURE_SSL_REDIRECT="false",
+        HOKUSAI_VAR_DIR=str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    access = [r for r in records if r.get("logger") == "hokusai.access"]
+    assert len(access) == 1
+    assert access[0]["request_id"] == "json-log-1"
+    assert (access[0]["method"], access[0]["path"], access[0]["status"]) == ("GET", "/health", 200)
+    assert access[0]["level"] == "INFO"
