@@ -24,6 +24,7 @@ errorlog = "-"
 
 # Prometheus counters are per process; the workers share them through files in this directory,
 # which must be set before any worker imports prometheus_client.
+_own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 os.environ.setdefault(
     "PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"hokusai-prom-{os.getpid()}")
 )
@@ -33,6 +34,11 @@ def on_starting(server):
     metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     shutil.rmtree(metrics_dir, ignore_errors=True)
     os.makedirs(metrics_dir, exist_ok=True)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
 def child_exit(server, worker):

@@ -94,7 +94,7 @@ class MlflowServer:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 command,
-                env=subprocess_env(),
+                env=subprocess_env(**mlflow.SERVER_ENVIRONMENT),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

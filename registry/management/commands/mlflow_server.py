@@ -1,5 +1,7 @@
 import os
 import shutil
+import sys
+from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -29,9 +31,11 @@ class Command(BaseCommand):
 
     def handle(self, *args, workers: int, host, port, allowed_hosts: str, **options):
         target = mlflow.upstream()
-        executable = shutil.which("mlflow")
+        # The mlflow beside this Python (the project's venv) even when the venv is not on PATH.
+        beside_python = Path(sys.executable).parent / "mlflow"
+        executable = str(beside_python) if beside_python.exists() else shutil.which("mlflow")
         if executable is None:
-            raise CommandError("the mlflow executable is not on PATH (activate .venv)")
+            raise CommandError("no mlflow executable beside this Python or on PATH")
         command = mlflow.server_command(
             backend_store_uri=mlflow_schema.sqlalchemy_url(
                 connections[DEFAULT_DB_ALIAS].settings_dict
@@ -43,4 +47,4 @@ class Command(BaseCommand):
             allowed_hosts=allowed_hosts,
         )
         # Replace this process so signals from the process manager reach MLflow directly.
-        os.execv(executable, command)  # noqa: S606
+        os.execve(executable, command, {**mlflow.SERVER_ENVIRONMENT, **os.environ})  # noqa: S606
