@@ -1,4 +1,5 @@
-"""Says clearly whether the PostgreSQL and Redis that the tests need are reachable.
+"""Says clearly whether the PostgreSQL and Redis that the tests need are reachable, and creates
+the database named in the URL if it is missing (the tests create their own next to it).
 
 Usage: check_services.py DATABASE_URL REDIS_URL
 """
@@ -8,6 +9,7 @@ import sys
 import environ
 import psycopg2
 import redis
+from psycopg2 import sql
 
 HINTS = {
     "PostgreSQL": "start it with: pg_ctlcluster --skip-systemctl-redirect "
@@ -18,15 +20,21 @@ HINTS = {
 
 def check_postgres(url: str) -> None:
     config = environ.Env.db_url_config(url)
-    # The server's maintenance database: the tests create their own database next to it.
-    psycopg2.connect(
+    # The server's maintenance database is always there to connect to.
+    connection = psycopg2.connect(
         dbname="postgres",
         user=config.get("USER") or None,
         password=config.get("PASSWORD") or None,
         host=config.get("HOST") or None,
         port=config.get("PORT") or None,
         connect_timeout=3,
-    ).close()
+    )
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [config["NAME"]])
+        if cursor.fetchone() is None:
+            cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(config["NAME"])))
+    connection.close()
 
 
 def check_redis(url: str) -> None:
