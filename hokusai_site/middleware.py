@@ -4,7 +4,12 @@ import time
 from django.conf import settings
 
 from hokusai_site.errors import problem_response
-from hokusai_site.request_id import current_request_id, request_id_from_header
+from hokusai_site.request_id import (
+    client_ip,
+    current_client_ip,
+    current_request_id,
+    request_id_from_header,
+)
 
 access_logger = logging.getLogger("hokusai.access")
 
@@ -19,7 +24,9 @@ class RequestIdMiddleware:
     def __call__(self, request):
         request_id = request_id_from_header(request.META.get("HTTP_X_REQUEST_ID"))
         request.request_id = request_id
+        request.client_ip = client_ip(request.META, trusted_proxies=settings.TRUSTED_PROXY_COUNT)
         token = current_request_id.set(request_id)
+        ip_token = current_client_ip.set(request.client_ip)
         started = time.perf_counter()
         try:
             response = self.get_response(request)
@@ -42,6 +49,7 @@ class RequestIdMiddleware:
             return response
         finally:
             current_request_id.reset(token)
+            current_client_ip.reset(ip_token)
 
 
 class RequestBodyLimitMiddleware:

@@ -300,6 +300,18 @@ MAX_REQUEST_BODY_BYTES = _positive("MAX_REQUEST_BODY_BYTES", int, 5 * 1024 * 102
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 
+# --- API keys and callers ---------------------------------------------------------------------
+# Keyed hash for stored API keys; changing it invalidates every key, so it is its own setting.
+HOKUSAI_API_KEY_PEPPER = _typed("HOKUSAI_API_KEY_PEPPER", str, SECRET_KEY)
+HOKUSAI_API_KEY_CACHE_SECONDS = _positive("HOKUSAI_API_KEY_CACHE_SECONDS", int, 300)
+HOKUSAI_API_KEY_DEFAULT_RATE_LIMIT = _positive("HOKUSAI_API_KEY_DEFAULT_RATE_LIMIT", int, 600)
+# How long a rotated-away secret keeps working (seconds; 0 = it stops at once).
+HOKUSAI_KEY_ROTATION_GRACE = _typed("HOKUSAI_KEY_ROTATION_GRACE", int, 24 * 3600)
+if HOKUSAI_KEY_ROTATION_GRACE < 0:
+    raise ImproperlyConfigured("HOKUSAI_KEY_ROTATION_GRACE must be 0 or more seconds")
+# Proxies in front of us that append to X-Forwarded-For (0: use the socket's address).
+TRUSTED_PROXY_COUNT = _typed("TRUSTED_PROXY_COUNT", int, 0)
+
 # --- Auth, i18n --------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -320,7 +332,9 @@ REST_FRAMEWORK = {
         else ["rest_framework.renderers.JSONRenderer"]
     ),
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # The first class answers 401s with its WWW-Authenticate challenge.
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "authkeys.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -13,6 +13,7 @@ api_v1 = [
     path("health", views.HealthApi.as_view(), name="health"),
     path("schema", SpectacularAPIView.as_view(), name="schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="api-v1:schema"), name="docs"),
+    path("", include("authkeys.api.urls")),
 ]
 
 urlpatterns = [

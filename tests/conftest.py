@@ -175,3 +175,42 @@ def celery_worker_process(transactional_db, tmp_path) -> Iterator[subprocess.Pop
         )
     yield process
     stop_process(process)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Each test starts with an empty cache (Redis db 15 in the test run)."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture
+def owner(django_user_model):
+    return django_user_model.objects.create_user("owner", "owner@example.com", "pw-owner-123")
+
+
+@pytest.fixture
+def outsider(django_user_model):
+    return django_user_model.objects.create_user("outsider", "out@example.com", "pw-out-123")
+
+
+@pytest.fixture
+def staff(django_user_model):
+    return django_user_model.objects.create_user(
+        "operator", "op@example.com", "pw-staff-123", is_staff=True
+    )
+
+
+@pytest.fixture
+def issue_key():
+    """Issues a key through the service, as the system would: `issue_key(owner, scopes)`."""
+    from authkeys import services
+    from authkeys.principals import SYSTEM
+
+    def issue(user, scopes=("models:read",), **options):
+        return services.api_key_create(
+            actor=SYSTEM, owner_user_id=user.pk, scopes=list(scopes), name="test key", **options
+        )
+
+    return issue

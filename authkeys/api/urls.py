@@ -1,0 +1,9 @@
+from django.urls import path
+
+from authkeys.api import views
+
+urlpatterns = [
+    path("keys", views.KeysApi.as_view(), name="keys"),
+    path("keys/<int:key_id>", views.KeyDetailApi.as_view(), name="key-detail"),
+    path("keys/<int:key_id>/rotate", views.KeyRotateApi.as_view(), name="key-rotate"),
+]

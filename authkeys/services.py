@@ -1,0 +1,143 @@
+"""Issuing, rotating and revoking API keys: the API, the admin and `manage.py create_api_key`
+all call these, so every door checks the same rules and writes the same audit entries."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from authkeys import keys, selectors
+from authkeys.models import ApiKey, ApiKeySecret
+from authkeys.principals import Caller
+from authkeys.scopes import ALL_SCOPES
+from hokusai_site.errors import ApplicationError
+from registry import audit
+
+
+def key_digest(key: str) -> str:
+    return keys.digest(key, pepper=settings.HOKUSAI_API_KEY_PEPPER.encode())
+
+
+def recache_key(api_key_id: int) -> None:
+    """Writes the committed facts of every secret of a key into the shared cache.
+
+    Every worker reads that cache, so a revoke or rotate is seen by the very next request
+    anywhere. Overwriting (rather than deleting) also defeats a request that read the row before
+    the change and would otherwise re-cache the old facts: cache fills only add.
+    """
+    secrets = ApiKeySecret.objects.select_related(
+        "api_key", "api_key__owner_user", "api_key__owner_identity"
+    ).filter(api_key_id=api_key_id)
+    cache.set_many(
+        {selectors.cache_key(s.key_hash): selectors.key_info_for_secret(s) for s in secrets},
+        settings.HOKUSAI_API_KEY_CACHE_SECONDS,
+    )
+
+
+def _recache_on_commit(api_key: ApiKey) -> None:
+    transaction.on_commit(lambda: recache_key(api_key.pk))
+
+
+def _check_scopes(*, actor: Caller, scopes: list[str]) -> list[str]:
+    unknown = sorted(set(scopes) - set(ALL_SCOPES))
+    if unknown:
+        raise ApplicationError(
+            "unknown_scope", f"Unknown scopes: {', '.join(unknown)}.", extra={"scopes": unknown}
+        )
+    not_held = sorted(scope for scope in set(scopes) if not actor.has_scope(scope))
+    if not_held:
+        raise ApplicationError(
+            "scope_not_held",
+            f"A key cannot grant scopes its creator lacks: {', '.join(not_held)}.",
+            status=403,
+            extra={"scopes": not_held},
+        )
+    return sorted(set(scopes))
+
+
+def _add_secret(api_key: ApiKey) -> str:
+    # A prefix collision (8 random base62 characters) is astronomically rare; try again if so.
+    for _attempt in range(5):
+        generated = keys.generate(api_key.environment)
+        try:
+            with transaction.atomic():
+                ApiKeySecret.objects.create(
+                    api_key=api_key, prefix=generated.prefix, key_hash=key_digest(generated.key)
+                )
+        except IntegrityError:
+            continue
+        return generated.key
+    raise RuntimeError("could not find a free API key prefix")
+
+
+@transaction.atomic
+def api_key_create(
+    *,
+    actor: Caller,
+    name: str,
+    scopes: list[str],
+    owner_user_id: int | None = None,
+    owner_identity_id: int | None = None,
+    environment: str = "live",
+    rate_limit_per_minute: int | None = None,
+    expires_at: datetime | None = None,
+) -> tuple[ApiKey, str]:
+    """Returns the key row and the key itself, which is shown once and never stored."""
+    if (owner_user_id is None) == (owner_identity_id is None):
+        raise ValueError("an API key has exactly one owner")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ApplicationError(
+            "expiry_in_past", "expires_at must be in the future.", extra={"field": "expires_at"}
+        )
+    api_key = ApiKey.objects.create(
+        name=name,
+        owner_user_id=owner_user_id,
+        owner_identity_id=owner_identity_id,
+        environment=environment,
+        scopes=_check_scopes(actor=actor, scopes=scopes),
+        rate_limit_per_minute=rate_limit_per_minute or settings.HOKUSAI_API_KEY_DEFAULT_RATE_LIMIT,
+        expires_at=expires_at,
+    )
+    secret = _add_secret(api_key)
+    audit.api_key_created(actor=actor, api_key=api_key)
+    return api_key, secret
+
+
+@transaction.atomic
+def api_key_rotate(
+    *, actor: Caller, api_key: ApiKey, grace: timedelta | None = None
+) -> tuple[ApiKey, str]:
+    """A new secret for the same key; the current one keeps working for the grace period."""
+    api_key = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+    if api_key.status != "active":
+        raise ApplicationError(
+            "api_key_not_active", f"A {api_key.status} key cannot be rotated.", status=409
+        )
+    if grace is None:
+        grace = timedelta(seconds=settings.HOKUSAI_KEY_ROTATION_GRACE)
+    valid_until = timezone.now() + grace
+    old_prefix = api_key.current_prefix
+    # Only the current secret gets the grace period; an older one still in its grace keeps its
+    # own, earlier end.
+    api_key.secrets.filter(valid_until__isnull=True).update(valid_until=valid_until)
+    secret = _add_secret(api_key)
+    _recache_on_commit(api_key)
+    audit.api_key_rotated(
+        actor=actor, api_key=api_key, old_prefix=old_prefix, old_valid_until=valid_until
+    )
+    return api_key, secret
+
+
+@transaction.atomic
+def api_key_revoke(*, actor: Caller, api_key: ApiKey) -> ApiKey:
+    api_key = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+    if api_key.revoked_at is None:
+        api_key.revoked_at = timezone.now()
+        api_key.save(update_fields=["revoked_at"])
+        audit.api_key_revoked(actor=actor, api_key=api_key)
+    _recache_on_commit(api_key)
+    return api_key

@@ -1,0 +1,69 @@
+"""Audit events: one small function per event, each writing one AuditLog row with the actor,
+the request id and client address of the request it happened in (when there is one)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from authkeys.principals import Caller
+from hokusai_site.request_id import current_client_ip, current_request_id
+from registry.models import AuditLog
+
+
+def record(
+    *, actor: Caller, action: str, target_type: str, target_id: Any, details: dict | None = None
+) -> AuditLog:
+    request_id = current_request_id.get()
+    return AuditLog.objects.create(
+        actor_kind=actor.kind,
+        actor_label=actor.label,
+        actor_user_id=actor.user_id,
+        action=action,
+        target_type=target_type,
+        target_id=str(target_id),
+        details=details or {},
+        ip=current_client_ip.get(),
+        request_id="" if request_id == "-" else request_id,
+    )
+
+
+def api_key_created(*, actor: Caller, api_key) -> AuditLog:
+    return record(
+        actor=actor,
+        action="api_key.created",
+        target_type="api_key",
+        target_id=api_key.pk,
+        details={
+            "name": api_key.name,
+            "prefix": api_key.current_prefix,
+            "scopes": api_key.scopes,
+            "owner": api_key.owner_label,
+            "environment": api_key.environment,
+            "rate_limit_per_minute": api_key.rate_limit_per_minute,
+            "expires_at": api_key.expires_at.isoformat() if api_key.expires_at else None,
+        },
+    )
+
+
+def api_key_rotated(*, actor: Caller, api_key, old_prefix: str, old_valid_until) -> AuditLog:
+    return record(
+        actor=actor,
+        action="api_key.rotated",
+        target_type="api_key",
+        target_id=api_key.pk,
+        details={
+            "prefix": api_key.current_prefix,
+            "old_prefix": old_prefix,
+            "old_valid_until": old_valid_until.isoformat(),
+        },
+    )
+
+
+def api_key_revoked(*, actor: Caller, api_key) -> AuditLog:
+    return record(
+        actor=actor,
+        action="api_key.revoked",
+        target_type="api_key",
+        target_id=api_key.pk,
+        details={"prefix": api_key.current_prefix},
+    )
