@@ -1,5 +1,5 @@
 """DRF authentication by API key, shaped like DRF's TokenAuthentication: None when the request
-carries no key, AuthenticationFailed (401 with WWW-Authenticate) when it carries a bad one."""
+carries no key, an error (401 with WWW-Authenticate) when it carries a bad one."""
 
 from __future__ import annotations
 
@@ -7,20 +7,20 @@ import base64
 import binascii
 
 from django.utils import timezone
-from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 
 from authkeys import keys, selectors
 from authkeys.principals import Caller
 from authkeys.services import key_digest
+from authkeys.throttling import refuse_credentials
 
 KEY_SCHEMES = ("bearer", "apikey")
 # Query parameters a client might put a key in; keys there leak into every log on the way.
 QUERY_KEY_NAMES = ("api_key", "apikey", "key", "token", "access_token")
 
 
-def _failed(code: str, detail: str) -> exceptions.AuthenticationFailed:
-    return exceptions.AuthenticationFailed(detail=detail, code=code)
+class MalformedCredentials(ValueError):
+    pass
 
 
 def key_from_headers(meta: dict) -> str | None:
@@ -40,9 +40,7 @@ def key_from_headers(meta: dict) -> str | None:
             try:
                 decoded = base64.b64decode(credentials.strip(), validate=True).decode()
             except (binascii.Error, UnicodeDecodeError):
-                raise _failed(
-                    "api_key_malformed", "Basic credentials are not valid base64"
-                ) from None
+                raise MalformedCredentials("Basic credentials are not valid base64") from None
             password = decoded.partition(":")[2]
             # Basic with something other than one of our keys is not ours to judge.
             return password if password.startswith("hk_") else None
@@ -50,28 +48,36 @@ def key_from_headers(meta: dict) -> str | None:
     return meta.get("HTTP_X_API_KEY")
 
 
+def _key_in_query(request) -> bool:
+    return any(
+        keys.looks_like_key(value)
+        for name in QUERY_KEY_NAMES
+        for value in request.GET.getlist(name)
+    )
+
+
 class ApiKeyAuthentication(BaseAuthentication):
     def authenticate(self, request):
-        if any(
-            keys.looks_like_key(v) for name in QUERY_KEY_NAMES for v in request.GET.getlist(name)
-        ):
-            raise _failed(
+        request = request._request
+        if _key_in_query(request):
+            raise refuse_credentials(
+                request,
                 "api_key_in_query",
                 "API keys are not accepted in the query string; send them in a header",
             )
-        raw = key_from_headers(request.META)
-        if raw is None:
-            return None
         try:
+            raw = key_from_headers(request.META)
+            if raw is None:
+                return None
             parsed = keys.parse(raw)
-        except keys.MalformedKey:
-            raise _failed("api_key_malformed", "API key is malformed") from None
+        except (keys.MalformedKey, MalformedCredentials):
+            raise refuse_credentials(request, "api_key_malformed", "API key is malformed") from None
         info = selectors.key_info(prefix=parsed.prefix, digest=key_digest(parsed.key))
         if info is None:
-            raise _failed("api_key_unknown", "API key is not recognised")
+            raise refuse_credentials(request, "api_key_unknown", "API key is not recognised")
         refusal = info.refusal(timezone.now())
         if refusal is not None:
-            raise _failed(*refusal)
+            raise refuse_credentials(request, *refusal)
         caller = Caller(
             kind="api_key",
             label=info.prefix,

@@ -31,6 +31,7 @@ HTML_PATH_PREFIXES = ("/admin/", "/mlflow/")
 _CODE_NAMES = {
     "parse_error": "malformed_body",
     "not_authenticated": "authentication_required",
+    "throttled": "rate_limited",
 }
 
 

@@ -13,10 +13,10 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import timedelta
 from typing import Any
 
-import redis
 from django.conf import settings
 from django.db import connections
 
+from authkeys.ratelimit import redis_client
 from hokusai_site import selectors
 from hokusai_site.dns import DnsResolutionError, get_resolver
 from registry import mlflow
@@ -29,7 +29,7 @@ CRITICAL_CHECKS = frozenset({"database", "mlflow"})
 # dependency holds a thread of its own and never delays the others.
 _database_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health-db")
 _network_executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="health-net")
-_redis_client: redis.Redis | None = None
+_redis_client = None
 
 
 def check_database() -> dict[str, Any]:
@@ -47,9 +47,8 @@ def check_redis() -> dict[str, Any]:
     if not settings.REDIS_URL:
         return {"status": NOT_CONFIGURED, "detail": "embedded mode: no Redis configured"}
     if _redis_client is None:
-        timeout = settings.HEALTH_CHECK_TIMEOUT_SECONDS
-        _redis_client = redis.Redis.from_url(
-            settings.REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout
+        _redis_client = redis_client(
+            settings.REDIS_URL, timeout=settings.HEALTH_CHECK_TIMEOUT_SECONDS
         )
     _redis_client.ping()
     return {"status": OK}

@@ -137,6 +137,7 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "hokusai_site.middleware.RequestIdMiddleware",
     "hokusai_site.middleware.RequestBodyLimitMiddleware",
+    "authkeys.throttling.RateLimitHeadersMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
@@ -309,6 +310,12 @@ HOKUSAI_API_KEY_DEFAULT_RATE_LIMIT = _positive("HOKUSAI_API_KEY_DEFAULT_RATE_LIM
 HOKUSAI_KEY_ROTATION_GRACE = _typed("HOKUSAI_KEY_ROTATION_GRACE", int, 24 * 3600)
 if HOKUSAI_KEY_ROTATION_GRACE < 0:
     raise ImproperlyConfigured("HOKUSAI_KEY_ROTATION_GRACE must be 0 or more seconds")
+# Requests per minute for anonymous callers, and failed credentials, per client IP.
+HOKUSAI_ANONYMOUS_RATE_LIMIT = _positive("HOKUSAI_ANONYMOUS_RATE_LIMIT", int, 60)
+HOKUSAI_AUTH_FAILURE_RATE_LIMIT = _positive("HOKUSAI_AUTH_FAILURE_RATE_LIMIT", int, 30)
+RATE_LIMIT_WINDOW_SECONDS = _positive("RATE_LIMIT_WINDOW_SECONDS", int, 60)
+# A dead Redis must cost a request little: limits then fail open (health says degraded).
+RATE_LIMIT_REDIS_TIMEOUT_SECONDS = _positive("RATE_LIMIT_REDIS_TIMEOUT_SECONDS", float, 0.25)
 # Proxies in front of us that append to X-Forwarded-For (0: use the socket's address).
 TRUSTED_PROXY_COUNT = _typed("TRUSTED_PROXY_COUNT", int, 0)
 
@@ -338,6 +345,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["authkeys.throttling.CallerRateThrottle"],
     "DEFAULT_PAGINATION_CLASS": "hokusai_site.pagination.BoundedPageNumberPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "hokusai_site.errors.api_exception_handler",

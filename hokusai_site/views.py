@@ -26,8 +26,11 @@ def route_not_found(request):
 
 
 class PublicApi(APIView):
+    """Platform routes for load balancers and monitors: no credentials, no rate limit."""
+
     authentication_classes: list = []
     permission_classes = [AllowAny]
+    throttle_classes: list = []
 
 
 class HealthApi(PublicApi):

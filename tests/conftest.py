@@ -178,8 +178,13 @@ def celery_worker_process(transactional_db, tmp_path) -> Iterator[subprocess.Pop
 
 
 @pytest.fixture(autouse=True)
-def _fresh_cache():
-    """Each test starts with an empty cache (Redis db 15 in the test run)."""
+def _fresh_cache(request):
+    """Each database test starts with an empty cache and no rate-limit state (Redis db 15)."""
+    if request.node.get_closest_marker("django_db") is None and not {
+        "db",
+        "transactional_db",
+    } & set(request.fixturenames):
+        return
     from django.core.cache import cache
 
     cache.clear()
@@ -214,3 +219,41 @@ def issue_key():
         )
 
     return issue
+
+
+@pytest.fixture
+def web_server_factory(transactional_db, tmp_path):
+    """Starts real gunicorn servers on the test database and test Redis: `start(**env)` returns
+    the base URL. Every server started is stopped at the end of the test."""
+    started: list[subprocess.Popen] = []
+
+    def start(**env: str) -> str:
+        port = free_port()
+        log_path = tmp_path / f"web-{port}.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [
+                    str(VENV_BIN / "gunicorn"),
+                    "--config",
+                    "deploy/gunicorn.conf.py",
+                    "hokusai_site.wsgi",
+                ],
+                cwd=REPO_ROOT,
+                env=subprocess_env(
+                    DATABASE_URL=test_database_url(),
+                    HOKUSAI_BIND=f"127.0.0.1:{port}",
+                    GUNICORN_WORKERS="1",
+                    LOG_LEVEL="warning",
+                    **env,
+                ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        started.append(process)
+        wait_for_http(f"http://127.0.0.1:{port}/health", timeout=60, process=process)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for process in started:
+        stop_process(process)
