@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
+from datetime import timedelta
 
+from django.conf import settings
 from django.utils import timezone
+from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 
-from authkeys import keys, selectors
+from authkeys import ethereum, keys, selectors, services
 from authkeys.principals import Caller
-from authkeys.services import key_digest
 from authkeys.throttling import refuse_credentials
 
 KEY_SCHEMES = ("bearer", "apikey")
@@ -72,7 +75,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             parsed = keys.parse(raw)
         except (keys.MalformedKey, MalformedCredentials):
             raise refuse_credentials(request, "api_key_malformed", "API key is malformed") from None
-        info = selectors.key_info(prefix=parsed.prefix, digest=key_digest(parsed.key))
+        info = selectors.key_info(prefix=parsed.prefix, digest=services.key_digest(parsed.key))
         if info is None:
             raise refuse_credentials(request, "api_key_unknown", "API key is not recognised")
         refusal = info.refusal(timezone.now())
@@ -91,3 +94,85 @@ class ApiKeyAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request) -> str:
         return 'Bearer realm="hokusai"'
+
+
+@dataclass(frozen=True)
+class EthSignIn:
+    """request.auth for a request signed with an EIP-4361 message."""
+
+    identity_id: int
+    address: str
+    rate_limit_per_minute: int
+    nonce: str
+
+    @property
+    def rate_limit_subject(self) -> str:
+        return f"eth:{self.address}"
+
+
+ETH_HEADERS = ("HTTP_X_ETH_ADDRESS", "HTTP_X_ETH_SIGNATURE", "HTTP_X_ETH_MESSAGE")
+
+
+class EthSignatureAuthentication(BaseAuthentication):
+    """X-ETH-Address, X-ETH-Signature and X-ETH-Message (base64 of an EIP-4361 message whose
+    nonce came from /api/v1/auth/eth/nonce). Each nonce signs in once: a replay is refused."""
+
+    def authenticate(self, request):
+        request = request._request
+        values = [request.META.get(name) for name in ETH_HEADERS]
+        if not any(values):
+            return None
+        if not all(values):
+            raise refuse_credentials(
+                request,
+                "eth_header_malformed",
+                "X-ETH-Address, X-ETH-Signature and X-ETH-Message go together",
+            )
+        try:
+            message = ethereum.verify_siwe(
+                address_header=values[0],
+                signature_header=values[1],
+                message_header=values[2],
+                expected_domain=settings.HOKUSAI_SIWE_DOMAIN,
+                expected_uri_prefixes=tuple(settings.HOKUSAI_SIWE_URI_PREFIXES),
+                allowed_chain_ids=settings.HOKUSAI_SIWE_CHAIN_IDS,
+                now=timezone.now(),
+                max_clock_skew=timedelta(seconds=settings.HOKUSAI_SIWE_MAX_CLOCK_SKEW),
+                max_age=timedelta(seconds=settings.HOKUSAI_SIWE_MAX_AGE),
+            )
+        except ethereum.EthAuthError as exc:
+            raise refuse_credentials(request, exc.code, exc.detail) from None
+        # Consumed only after the signature checks out, so nobody can burn a nonce they did
+        # not sign.
+        if not services.eth_nonce_consume(message.nonce):
+            raise refuse_credentials(
+                request,
+                "eth_nonce_invalid",
+                "The nonce is unknown, expired or already used: get a new one and sign again",
+            )
+        identity = services.eth_identity_for_sign_in(message.address)
+        if identity is None:
+            raise exceptions.PermissionDenied(
+                detail="This address is not registered", code="eth_identity_not_registered"
+            )
+        if not identity.is_active:
+            raise exceptions.PermissionDenied(
+                detail="This address has been deactivated", code="eth_identity_inactive"
+            )
+        caller = Caller(
+            kind="eth",
+            label=identity.address,
+            scopes=frozenset(identity.scopes),
+            identity_id=identity.pk,
+        )
+        sign_in = EthSignIn(
+            identity_id=identity.pk,
+            address=identity.address,
+            rate_limit_per_minute=identity.rate_limit_per_minute
+            or settings.HOKUSAI_API_KEY_DEFAULT_RATE_LIMIT,
+            nonce=message.nonce,
+        )
+        return caller, sign_in
+
+    def authenticate_header(self, request) -> str:
+        return 'SIWE realm="hokusai"'

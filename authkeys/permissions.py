@@ -20,3 +20,14 @@ class HasScopes(BasePermission):
                 detail=f"This needs the {needed} scope.", code="insufficient_scope"
             )
         return True
+
+
+class CanManageKeys(HasScopes):
+    """keys:manage, or an Ethereum sign-in managing its own keys: a wallet may issue itself a
+    key (with at most its own scopes) so its scripts need not sign every request."""
+
+    def has_permission(self, request, view) -> bool:
+        caller = caller_of(request)
+        if caller is not None and caller.kind == "eth":
+            return True
+        return super().has_permission(request, view)

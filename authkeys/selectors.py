@@ -34,6 +34,11 @@ class KeyInfo:
     owner_is_staff: bool
     owner_active: bool
 
+    @property
+    def rate_limit_subject(self) -> str:
+        # The key's id, not its prefix: a rotated key keeps its budget.
+        return f"key:{self.key_id}"
+
     def refusal(self, now: datetime) -> tuple[str, str] | None:
         """Why the key cannot be used now, as (code, message), or None if it can."""
         if self.revoked:

@@ -3,6 +3,7 @@ all call these, so every door checks the same rules and writes the same audit en
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -11,7 +12,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from authkeys import keys, selectors
-from authkeys.models import ApiKey, ApiKeySecret
+from authkeys.models import ApiKey, ApiKeySecret, EthIdentity
 from authkeys.principals import Caller
 from authkeys.scopes import ALL_SCOPES
 from hokusai_site.errors import ApplicationError
@@ -29,11 +30,11 @@ def recache_key(api_key_id: int) -> None:
     anywhere. Overwriting (rather than deleting) also defeats a request that read the row before
     the change and would otherwise re-cache the old facts: cache fills only add.
     """
-    secrets = ApiKeySecret.objects.select_related(
+    key_secrets = ApiKeySecret.objects.select_related(
         "api_key", "api_key__owner_user", "api_key__owner_identity"
     ).filter(api_key_id=api_key_id)
     cache.set_many(
-        {selectors.cache_key(s.key_hash): selectors.key_info_for_secret(s) for s in secrets},
+        {selectors.cache_key(s.key_hash): selectors.key_info_for_secret(s) for s in key_secrets},
         settings.HOKUSAI_API_KEY_CACHE_SECONDS,
     )
 
@@ -141,3 +142,34 @@ def api_key_revoke(*, actor: Caller, api_key: ApiKey) -> ApiKey:
         audit.api_key_revoked(actor=actor, api_key=api_key)
     _recache_on_commit(api_key)
     return api_key
+
+
+# --- Sign-In with Ethereum ---------------------------------------------------------------------
+
+NONCE_CACHE_KEY = "authkeys:siwe-nonce:{nonce}"
+
+
+def eth_nonce_issue() -> tuple[str, datetime]:
+    """A single-use nonce for one EIP-4361 message; it expires unused after the TTL."""
+    nonce = secrets.token_hex(16)
+    ttl = settings.HOKUSAI_SIWE_NONCE_TTL
+    cache.set(NONCE_CACHE_KEY.format(nonce=nonce), "issued", ttl)
+    return nonce, timezone.now() + timedelta(seconds=ttl)
+
+
+def eth_nonce_consume(nonce: str) -> bool:
+    """True exactly once per nonce we issued: the delete is atomic, so a replay racing the
+    first use still loses."""
+    return bool(cache.delete(NONCE_CACHE_KEY.format(nonce=nonce)))
+
+
+def eth_identity_for_sign_in(address: str) -> EthIdentity | None:
+    """The identity of a verified address; a new one gets the default scopes, unless
+    registration is closed (then None)."""
+    identity = EthIdentity.objects.filter(address=address).first()
+    if identity is not None or not settings.HOKUSAI_ETH_OPEN_REGISTRATION:
+        return identity
+    identity, _ = EthIdentity.objects.get_or_create(
+        address=address, defaults={"scopes": list(settings.HOKUSAI_ETH_DEFAULT_SCOPES)}
+    )
+    return identity

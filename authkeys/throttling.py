@@ -1,6 +1,6 @@
 """Rate limits for every API request, atomic across processes (authkeys.ratelimit, in Redis):
-per API key at the key's own limit, per signed-in user, and per client IP for anonymous calls
-and for failed credentials (so keys cannot be guessed at speed)."""
+per API key at the key's own limit, per Ethereum address, per signed-in user, and per client
+IP for anonymous calls and for failed credentials (so keys cannot be guessed at speed)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from authkeys.ratelimit import RateLimitResult, get_rate_limiter, headers
 
 
 def _subject_and_limit(request) -> tuple[str, int]:
-    info = request.auth
-    if info is not None and hasattr(info, "rate_limit_per_minute"):
-        # The key's id, not its prefix: a rotated key keeps its budget.
-        return f"key:{info.key_id}", info.rate_limit_per_minute
+    # API keys and Ethereum sign-ins carry their own subject and limit.
+    credentials = request.auth
+    if credentials is not None and hasattr(credentials, "rate_limit_subject"):
+        return credentials.rate_limit_subject, credentials.rate_limit_per_minute
     caller = caller_of(request)
     if caller is not None:
         return f"user:{caller.user_id}", settings.HOKUSAI_API_KEY_DEFAULT_RATE_LIMIT

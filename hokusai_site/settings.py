@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from authkeys.scopes import ALL_SCOPES
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -316,6 +318,36 @@ HOKUSAI_AUTH_FAILURE_RATE_LIMIT = _positive("HOKUSAI_AUTH_FAILURE_RATE_LIMIT", i
 RATE_LIMIT_WINDOW_SECONDS = _positive("RATE_LIMIT_WINDOW_SECONDS", int, 60)
 # A dead Redis must cost a request little: limits then fail open (health says degraded).
 RATE_LIMIT_REDIS_TIMEOUT_SECONDS = _positive("RATE_LIMIT_REDIS_TIMEOUT_SECONDS", float, 0.25)
+# --- Sign-In with Ethereum (EIP-4361) ---------------------------------------------------------
+# The messages we accept name our host as their domain and one of our URLs as their URI.
+HOKUSAI_SIWE_DOMAIN = _typed(
+    "HOKUSAI_SIWE_DOMAIN", str, ALLOWED_HOSTS[0] if IS_PRODUCTION else "127.0.0.1:8001"
+)
+HOKUSAI_SIWE_URI_PREFIXES = _typed(
+    "HOKUSAI_SIWE_URI_PREFIXES",
+    list,
+    [f"https://{HOKUSAI_SIWE_DOMAIN}"]
+    + ([] if IS_PRODUCTION else [f"http://{HOKUSAI_SIWE_DOMAIN}"]),
+)
+try:
+    HOKUSAI_SIWE_CHAIN_IDS = frozenset(
+        int(c) for c in _typed("HOKUSAI_SIWE_CHAIN_IDS", list, ["1"])
+    )
+except ValueError as exc:
+    raise ImproperlyConfigured(f"HOKUSAI_SIWE_CHAIN_IDS must be integers: {exc}") from exc
+HOKUSAI_SIWE_NONCE_TTL = _positive("HOKUSAI_SIWE_NONCE_TTL", int, 300)
+HOKUSAI_SIWE_MAX_CLOCK_SKEW = _positive("HOKUSAI_SIWE_MAX_CLOCK_SKEW", int, 60)
+HOKUSAI_SIWE_MAX_AGE = _positive("HOKUSAI_SIWE_MAX_AGE", int, 600)
+# Addresses seen for the first time get these scopes, or are refused when registration is closed.
+HOKUSAI_ETH_OPEN_REGISTRATION = _bool("HOKUSAI_ETH_OPEN_REGISTRATION", True)
+HOKUSAI_ETH_DEFAULT_SCOPES = _typed(
+    "HOKUSAI_ETH_DEFAULT_SCOPES", list, ["models:read", "predict", "contributions:write"]
+)
+if set(HOKUSAI_ETH_DEFAULT_SCOPES) - set(ALL_SCOPES):
+    raise ImproperlyConfigured(
+        f"HOKUSAI_ETH_DEFAULT_SCOPES names unknown scopes; known: {', '.join(ALL_SCOPES)}"
+    )
+
 # Proxies in front of us that append to X-Forwarded-For (0: use the socket's address).
 TRUSTED_PROXY_COUNT = _typed("TRUSTED_PROXY_COUNT", int, 0)
 
@@ -342,6 +374,7 @@ REST_FRAMEWORK = {
     # The first class answers 401s with its WWW-Authenticate challenge.
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "authkeys.authentication.ApiKeyAuthentication",
+        "authkeys.authentication.EthSignatureAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -349,7 +382,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "hokusai_site.pagination.BoundedPageNumberPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "hokusai_site.errors.api_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "hokusai_site.openapi.HokusaiAutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {

@@ -1,13 +1,15 @@
+from django.conf import settings
 from django.db.models import Q
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from authkeys import services
 from authkeys.models import ApiKey
-from authkeys.permissions import HasScopes
+from authkeys.permissions import CanManageKeys
 from authkeys.principals import Caller, caller_of
 from authkeys.scopes import ALL_SCOPES, KEYS_MANAGE
 from hokusai_site.pagination import BoundedPageNumberPagination
@@ -68,7 +70,7 @@ def with_secret(api_key: ApiKey, secret: str) -> dict:
 
 
 class KeysApi(APIView):
-    permission_classes = [HasScopes]
+    permission_classes = [CanManageKeys]
     required_scopes = {"GET": KEYS_MANAGE, "POST": KEYS_MANAGE}
 
     class InputSerializer(serializers.Serializer):
@@ -110,7 +112,7 @@ class KeysApi(APIView):
 
 
 class KeyDetailApi(APIView):
-    permission_classes = [HasScopes]
+    permission_classes = [CanManageKeys]
     required_scopes = {"GET": KEYS_MANAGE, "DELETE": KEYS_MANAGE}
 
     @extend_schema(summary="One of your API keys", responses=KeyOutputSerializer)
@@ -127,7 +129,7 @@ class KeyDetailApi(APIView):
 
 
 class KeyRotateApi(APIView):
-    permission_classes = [HasScopes]
+    permission_classes = [CanManageKeys]
     required_scopes = {"POST": KEYS_MANAGE}
 
     @extend_schema(
@@ -140,3 +142,32 @@ class KeyRotateApi(APIView):
             actor=caller_of(request), api_key=callers_key(request, key_id)
         )
         return Response(with_secret(api_key, secret))
+
+
+class EthNonceApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    class OutputSerializer(serializers.Serializer):
+        nonce = serializers.CharField()
+        expires_at = serializers.DateTimeField()
+        domain = serializers.CharField(help_text="The Domain your EIP-4361 message must name")
+        uri_prefixes = serializers.ListField(child=serializers.CharField())
+        chain_ids = serializers.ListField(child=serializers.IntegerField())
+
+    @extend_schema(
+        summary="A single-use nonce for a Sign-In with Ethereum message",
+        responses=OutputSerializer,
+    )
+    def get(self, request):
+        nonce, expires_at = services.eth_nonce_issue()
+        body = self.OutputSerializer(
+            {
+                "nonce": nonce,
+                "expires_at": expires_at,
+                "domain": settings.HOKUSAI_SIWE_DOMAIN,
+                "uri_prefixes": settings.HOKUSAI_SIWE_URI_PREFIXES,
+                "chain_ids": sorted(settings.HOKUSAI_SIWE_CHAIN_IDS),
+            }
+        ).data
+        return Response(body, headers={"Cache-Control": "no-store"})
