@@ -13,7 +13,7 @@ from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 
-from authkeys import ethereum, keys, selectors, services
+from authkeys import ethereum, keys, selectors, services, usage
 from authkeys.principals import Caller
 from authkeys.throttling import refuse_credentials
 
@@ -81,6 +81,7 @@ class ApiKeyAuthentication(BaseAuthentication):
         refusal = info.refusal(timezone.now())
         if refusal is not None:
             raise refuse_credentials(request, *refusal)
+        usage.record_request(key_id=info.key_id, ip=request.client_ip)
         caller = Caller(
             kind="api_key",
             label=info.prefix,

@@ -103,3 +103,22 @@ class ApiKeySecret(models.Model):
 
     def __str__(self) -> str:
         return self.prefix
+
+
+class ApiKeyUsageDaily(models.Model):
+    """Requests made with a key per day (UTC), moved here from Redis by a periodic task."""
+
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="usage_days")
+    day = models.DateField()
+    requests = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        verbose_name = "API key usage (daily)"
+        verbose_name_plural = "API key usage (daily)"
+        ordering = ["-day"]
+        constraints = [
+            models.UniqueConstraint(fields=["api_key", "day"], name="one_usage_row_per_key_day")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.api_key_id} {self.day}: {self.requests}"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
+from django.utils import timezone
 
-from authkeys.models import ApiKey, ApiKeySecret
+from authkeys.models import ApiKey, ApiKeySecret, ApiKeyUsageDaily
 
 CACHE_KEY_FORMAT = "authkeys:key:{digest}"
 # A digest that matches no key: remembered briefly so a flood of well-formed but unknown keys
@@ -96,3 +97,19 @@ def key_info(*, prefix: str, digest: str) -> KeyInfo | None:
     # facts, and this older read must not replace them.
     cache.add(cache_key(digest), info, settings.HOKUSAI_API_KEY_CACHE_SECONDS)
     return info
+
+
+def key_usage(key_id: int, *, days: int) -> list[tuple[date, int]]:
+    """Requests per day over the last `days` days, flushed counts plus those still in Redis."""
+    from authkeys.usage import pending_counts
+
+    since = timezone.now().date() - timedelta(days=days - 1)
+    counts: dict[date, int] = dict(
+        ApiKeyUsageDaily.objects.filter(api_key_id=key_id, day__gte=since).values_list(
+            "day", "requests"
+        )
+    )
+    for day, pending in pending_counts(key_id).items():
+        if day >= since:
+            counts[day] = counts.get(day, 0) + pending
+    return sorted(counts.items(), reverse=True)

@@ -239,7 +239,9 @@ if REDIS_URL:
     # A task not acknowledged within this long is handed to another worker.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE = {
+    "flush-api-key-usage": {"task": "authkeys.flush_usage", "schedule": 60.0},
+}
 # How often each worker records that it is alive (the health check reads these rows).
 CELERY_WORKER_HEARTBEAT_SECONDS = _positive("CELERY_WORKER_HEARTBEAT_SECONDS", float, 10.0)
 

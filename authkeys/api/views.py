@@ -7,7 +7,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from authkeys import services
+from authkeys import selectors, services
 from authkeys.models import ApiKey
 from authkeys.permissions import CanManageKeys
 from authkeys.principals import Caller, caller_of
@@ -171,3 +171,32 @@ class EthNonceApi(APIView):
             }
         ).data
         return Response(body, headers={"Cache-Control": "no-store"})
+
+
+class KeyUsageApi(APIView):
+    permission_classes = [CanManageKeys]
+    required_scopes = {"GET": KEYS_MANAGE}
+
+    class FilterSerializer(serializers.Serializer):
+        days = serializers.IntegerField(min_value=1, max_value=366, default=30)
+
+    class OutputSerializer(serializers.Serializer):
+        key_id = serializers.IntegerField()
+        days = serializers.ListField(child=serializers.DictField())
+
+    @extend_schema(
+        summary="Requests made with the key per day (UTC), newest first, up to the last request",
+        parameters=[FilterSerializer],
+        responses=OutputSerializer,
+    )
+    def get(self, request, key_id: int):
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        api_key = callers_key(request, key_id)
+        days = selectors.key_usage(api_key.pk, days=filters.validated_data["days"])
+        return Response(
+            {
+                "key_id": api_key.pk,
+                "days": [{"date": day.isoformat(), "requests": n} for day, n in days],
+            }
+        )

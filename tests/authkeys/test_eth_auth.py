@@ -113,7 +113,10 @@ def test_a_message_signed_by_another_wallet_is_refused(client, wallet):
 
 def test_a_refused_signature_does_not_burn_the_nonce(client, wallet):
     headers = signed_headers(client, wallet)
-    tampered = {**headers, "HTTP_X_ETH_SIGNATURE": headers["HTTP_X_ETH_SIGNATURE"][:-2] + "00"}
+    signature = headers["HTTP_X_ETH_SIGNATURE"]
+    # Change a byte of r (not v: v 0/1 and 27/28 are the same signature).
+    flipped = "00" if signature[10:12] != "00" else "01"
+    tampered = {**headers, "HTTP_X_ETH_SIGNATURE": signature[:10] + flipped + signature[12:]}
     assert client.get(KEYS_URL, **tampered).status_code == 401
     assert client.get(KEYS_URL, **headers).status_code == 200
 
