@@ -4,7 +4,6 @@ carries no key, an error (401 with WWW-Authenticate) when it carries a bad one."
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -42,7 +41,8 @@ def key_from_headers(meta: dict) -> str | None:
         if scheme == "basic":
             try:
                 decoded = base64.b64decode(credentials.strip(), validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
+            # binascii.Error (bad base64) and non-ASCII input are both ValueErrors.
+            except (ValueError, UnicodeDecodeError):
                 raise MalformedCredentials("Basic credentials are not valid base64") from None
             password = decoded.partition(":")[2]
             # Basic with something other than one of our keys is not ours to judge.
