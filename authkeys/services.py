@@ -134,6 +134,17 @@ def api_key_rotate(
 
 
 @transaction.atomic
+def api_key_rename(*, actor: Caller, api_key: ApiKey, name: str) -> ApiKey:
+    old_name = ApiKey.objects.filter(pk=api_key.pk).values_list("name", flat=True).get()
+    if old_name != name:
+        api_key.name = name
+        # Only the name: a concurrent revoke or last-used update must not be overwritten.
+        api_key.save(update_fields=["name"])
+        audit.api_key_renamed(actor=actor, api_key=api_key, old_name=old_name)
+    return api_key
+
+
+@transaction.atomic
 def api_key_revoke(*, actor: Caller, api_key: ApiKey) -> ApiKey:
     api_key = ApiKey.objects.select_for_update().get(pk=api_key.pk)
     if api_key.revoked_at is None:

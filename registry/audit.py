@@ -67,3 +67,23 @@ def api_key_revoked(*, actor: Caller, api_key) -> AuditLog:
         target_id=api_key.pk,
         details={"prefix": api_key.current_prefix},
     )
+
+
+def api_key_renamed(*, actor: Caller, api_key, old_name: str) -> AuditLog:
+    return record(
+        actor=actor,
+        action="api_key.renamed",
+        target_type="api_key",
+        target_id=api_key.pk,
+        details={"prefix": api_key.current_prefix, "old": old_name, "new": api_key.name},
+    )
+
+
+def eth_identity_saved(*, actor: Caller, identity, created: bool, changes: dict) -> AuditLog:
+    return record(
+        actor=actor,
+        action="eth_identity.created" if created else "eth_identity.changed",
+        target_type="eth_identity",
+        target_id=identity.pk,
+        details={"address": identity.address, **changes},
+    )
