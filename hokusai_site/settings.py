@@ -208,7 +208,7 @@ if REDIS_URL:
     REDIS_URL = _url("REDIS_URL", REDIS_URL, ("redis", "rediss", "unix"))
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "hokusai_site.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "hokusai",
             "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},

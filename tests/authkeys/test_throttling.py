@@ -109,3 +109,28 @@ def test_the_limit_is_shared_by_two_server_processes(web_server_factory, owner):
     ]
     assert statuses.count(200) == 10
     assert statuses.count(429) == 6
+
+
+def test_with_redis_down_keys_still_work_from_the_database(client, owner, issue_key, settings):
+    _, key = issue_key(owner, ["keys:manage"])
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "hokusai_site.cache.RedisCache",
+            "LOCATION": settings.REDIS_URL,
+            "OPTIONS": {"socket_connect_timeout": 0.1, "socket_timeout": 0.1},
+        }
+    }
+    ratelimit.get_rate_limiter.cache_clear()
+    from authkeys import usage
+
+    usage._client.cache_clear()
+    usage._count_script.cache_clear()
+    try:
+        statuses = [client.get(KEYS_URL, **bearer(key)).status_code for _ in range(3)]
+        refused = client.get(KEYS_URL, **bearer(key[:-1] + "0"))
+    finally:
+        usage._client.cache_clear()
+        usage._count_script.cache_clear()
+    assert statuses == [200, 200, 200]
+    assert refused.status_code == 401
