@@ -449,3 +449,24 @@ def step(message: str) -> Iterator[None]:
     print(f".. {message}", file=sys.stderr, flush=True)
     yield
     print(f"   done in {time.monotonic() - started:.1f}s", file=sys.stderr, flush=True)
+
+
+# Above this, other work on the machine is competing with the benchmark.
+BUSY_MACHINE_PERCENT = 10
+GUNICORN = ["gunicorn", "--config", "deploy/gunicorn.conf.py", "hokusai_site.wsgi"]
+
+
+def server_log_notes(log_path: Path) -> list[str]:
+    """Worker recycling (max_requests) and errors during the run, from the server's log."""
+    text = log_path.read_text(errors="replace") if log_path.exists() else ""
+    notes = []
+    restarts = text.count("Autorestarting worker")
+    if restarts:
+        notes.append(f"{restarts} worker restart(s) from max_requests during the run")
+    errors = [
+        line
+        for line in text.splitlines()
+        if "Traceback" in line or '"level": "ERROR"' in line or "[ERROR]" in line
+    ]
+    notes.extend(f"log: {line[:200]}" for line in errors[:5])
+    return notes

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
+    BUSY_MACHINE_PERCENT,
+    GUNICORN,
     INHERITED_ENV,
     REDIS_HOST_PORT,
     REPO_ROOT,
@@ -40,6 +42,7 @@ from _common import (
     machine_facts,
     require_wrk,
     run_wrk,
+    server_log_notes,
     shell_line,
     step,
     stop_on_sigterm,
@@ -53,9 +56,6 @@ BENCH_DATABASE = "hokusai_bench"
 # Its own Redis db, so the benchmark neither sees nor disturbs dev (0) or test (15) data.
 BENCH_REDIS_URL = f"redis://{REDIS_HOST_PORT}/14"
 ENDPOINTS = ("/health", "/api/v1/health")
-# Above this, other work on the machine is competing with the benchmark.
-BUSY_MACHINE_PERCENT = 10
-GUNICORN = ["gunicorn", "--config", "deploy/gunicorn.conf.py", "hokusai_site.wsgi"]
 
 
 @dataclass(frozen=True)
@@ -309,22 +309,6 @@ def readiness_summary(report: dict[str, Any]) -> str:
         for name, check in report.get("checks", {}).items()
     )
     return f"status={report.get('status')}: {checks}"
-
-
-def server_log_notes(log_path: Path) -> list[str]:
-    """Worker recycling (max_requests) and errors during the run, from the server's log."""
-    text = log_path.read_text(errors="replace") if log_path.exists() else ""
-    notes = []
-    restarts = text.count("Autorestarting worker")
-    if restarts:
-        notes.append(f"{restarts} worker restart(s) from max_requests during the run")
-    errors = [
-        line
-        for line in text.splitlines()
-        if "Traceback" in line or '"level": "ERROR"' in line or "[ERROR]" in line
-    ]
-    notes.extend(f"log: {line[:200]}" for line in errors[:5])
-    return notes
 
 
 def measure_variant(
