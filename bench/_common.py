@@ -8,6 +8,7 @@ their environment, as a deployment would.
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import json
 import os
@@ -470,3 +471,38 @@ def server_log_notes(log_path: Path) -> list[str]:
     ]
     notes.extend(f"log: {line[:200]}" for line in errors[:5])
     return notes
+
+
+def load_arguments(description: str, variant_names: list[str], *, duration: int):
+    """The options every benchmark takes: wrk's load and which variants to run."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--duration", type=int, default=duration, help="seconds per measured run")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load first")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--connections", type=int, default=8, help="wrk connections")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat all variants this many times, interleaved; each row is the variant's best "
+        "round (other work on the machine only ever slows a run down)",
+    )
+    parser.add_argument(
+        "--variants",
+        default=",".join(variant_names),
+        help=f"comma-separated; the first is the baseline (from: {', '.join(variant_names)})",
+    )
+    return parser
+
+
+def chosen_variants(parser, args, variants: Sequence[Any]) -> list[Any]:
+    """Checks the load options and returns the chosen variants in the order given."""
+    if min(args.duration, args.warmup, args.threads, args.connections, args.rounds) < 1:
+        parser.error("--duration, --warmup, --threads, --connections and --rounds must be >= 1")
+    names = [variant.name for variant in variants]
+    # dict.fromkeys: de-duplicated, order kept (the first is the baseline).
+    chosen = list(dict.fromkeys(name.strip() for name in args.variants.split(",") if name.strip()))
+    unknown = sorted(set(chosen) - set(names))
+    if unknown or not chosen:
+        parser.error(f"unknown variant(s) {', '.join(unknown) or '(none given)'}; known: {names}")
+    return [next(v for v in variants if v.name == name) for name in chosen]

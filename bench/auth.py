@@ -54,12 +54,14 @@ from _common import (
     Services,
     WrkResult,
     base_env,
+    chosen_variants,
     database_url,
     duration_ms,
     ensure_database,
     format_table,
     free_port,
     group_usage,
+    load_arguments,
     log_tail,
     machine_facts,
     parse_wrk,
@@ -314,18 +316,8 @@ class Measurement:
 
 
 def parse_args() -> argparse.Namespace:
-    names = [variant.name for variant in VARIANTS]
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=5, help="seconds per measured wrk run")
-    parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load first")
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
-    parser.add_argument("--connections", type=int, default=8, help="wrk connections")
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=1,
-        help="repeat all variants this many times, interleaved; each row is the variant's best "
-        "round (other work on the machine only ever slows a run down)",
+    parser = load_arguments(
+        __doc__.split("\n\n")[0], [variant.name for variant in VARIANTS], duration=5
     )
     parser.add_argument(
         "--miss-keys",
@@ -333,18 +325,10 @@ def parse_args() -> argparse.Namespace:
         default=20_000,
         help="keys in the cache-miss pool; each is sent once per measured (c) run",
     )
-    parser.add_argument(
-        "--variants", default=",".join(names), help=f"comma-separated, from: {', '.join(names)}"
-    )
     args = parser.parse_args()
-    numbers = (args.duration, args.warmup, args.threads, args.connections, args.rounds)
-    if min(numbers) < 1 or args.miss_keys < args.connections:
-        parser.error("numbers must be >= 1 (and --miss-keys >= --connections)")
-    chosen = list(dict.fromkeys(name.strip() for name in args.variants.split(",") if name.strip()))
-    unknown = sorted(set(chosen) - set(names))
-    if unknown or not chosen:
-        parser.error(f"unknown variant(s) {', '.join(unknown) or '(none given)'}; known: {names}")
-    args.variants = [variant for variant in VARIANTS if variant.name in chosen]
+    if args.miss_keys < args.connections:
+        parser.error("--miss-keys must be at least --connections")
+    args.variants = chosen_variants(parser, args, VARIANTS)
     return args
 
 

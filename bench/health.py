@@ -32,12 +32,14 @@ from _common import (
     Services,
     WrkResult,
     base_env,
+    chosen_variants,
     database_url,
     ensure_database,
     format_table,
     free_port,
     group_usage,
     http_get_json,
+    load_arguments,
     log_tail,
     machine_facts,
     require_wrk,
@@ -98,33 +100,11 @@ class Measurement:
 
 
 def parse_args() -> argparse.Namespace:
-    names = [variant.name for variant in VARIANTS]
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds per measured wrk run")
-    parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load first")
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
-    parser.add_argument("--connections", type=int, default=8, help="wrk connections")
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=1,
-        help="repeat all variants this many times, interleaved; the table shows each one's best "
-        "round (other work on the machine only ever slows a run down)",
-    )
-    parser.add_argument(
-        "--variants",
-        default=",".join(names),
-        help=f"comma-separated; the first is the ratio baseline (from: {', '.join(names)})",
+    parser = load_arguments(
+        __doc__.split("\n\n")[0], [variant.name for variant in VARIANTS], duration=10
     )
     args = parser.parse_args()
-    if min(args.duration, args.warmup, args.threads, args.connections, args.rounds) < 1:
-        parser.error("--duration, --warmup, --threads, --connections and --rounds must be >= 1")
-    # dict.fromkeys: de-duplicated, order kept (the first is the baseline).
-    chosen = list(dict.fromkeys(name.strip() for name in args.variants.split(",") if name.strip()))
-    unknown = sorted(set(chosen) - set(names))
-    if unknown or not chosen:
-        parser.error(f"unknown variant(s) {', '.join(unknown) or '(none given)'}; known: {names}")
-    args.variants = [next(v for v in VARIANTS if v.name == name) for name in chosen]
+    args.variants = chosen_variants(parser, args, VARIANTS)
     return args
 
 
