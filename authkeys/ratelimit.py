@@ -30,8 +30,8 @@ Fail open: when Redis errors or times out, the request is allowed with `enforced
 warning is logged (at most one per 10 s per process). A small circuit then skips Redis for
 `backoff_seconds` (1 s) so a dead Redis does not cost a connect timeout on every request; after
 the back-off one caller probes Redis again while the others keep failing open. Build the client
-with `redis_client()` (or, by hand, short `socket_timeout` / `socket_connect_timeout` of about
-0.1-0.25 s and no retries: redis-py retries 10 times with back-off by default).
+with `hokusai_site.cache.redis_client()` (or, by hand, short socket timeouts of about 0.1-0.25 s
+and no retries: redis-py retries 10 times with back-off by default).
 
 Embedded mode (no REDIS_URL): `get_rate_limiter()` returns a `LocalRateLimiter`, the same
 algorithm in this process's memory. It enforces the limit (`enforced=True`), but per process:
@@ -53,8 +53,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+
+from hokusai_site import cache
 
 logger = logging.getLogger(__name__)
 
@@ -145,17 +145,6 @@ def subject_key(prefix: str, subject: str) -> str:
     return f"{prefix}:{kind}:{digest}"
 
 
-def redis_client(url: str, *, timeout: float = DEFAULT_REDIS_TIMEOUT_SECONDS) -> redis.Redis:
-    """A client fit for the request path: short timeouts and no retries, so a dead Redis costs
-    one short timeout (then the circuit skips it), never redis-py's default 10 retries."""
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-    )
-
-
 def _check_arguments(limit: int, cost: int) -> None:
     if limit < 1:
         raise ValueError(f"limit must be at least 1; got {limit}")
@@ -230,7 +219,24 @@ class _WarningThrottle:
 _warnings = _WarningThrottle()
 
 
-class RateLimiter:
+class _GcraLimiter:
+    """hit/peek for both limiters; each supplies `_call(subject, limit=, cost=)`."""
+
+    def hit(self, subject: str, *, limit: int, cost: int = 1) -> RateLimitResult:
+        """Takes `cost` from `subject`'s allowance if it fits; a refused request takes nothing."""
+        _check_arguments(limit, cost)
+        return self._call(subject, limit=limit, cost=cost)
+
+    def peek(self, subject: str, *, limit: int) -> RateLimitResult:
+        """What a request of cost 1 would get now, without consuming anything."""
+        _check_arguments(limit, 1)
+        return self._call(subject, limit=limit, cost=0)
+
+    def _call(self, subject: str, *, limit: int, cost: int) -> RateLimitResult:
+        raise NotImplementedError
+
+
+class RateLimiter(_GcraLimiter):
     """GCRA limits in Redis, atomic across processes (one Lua script call per request).
 
     Circuit, two states:
@@ -264,16 +270,6 @@ class RateLimiter:
     def degraded(self) -> bool:
         """True while the circuit is open: the last Redis call failed, limits are not enforced."""
         return self._retry_at is not None
-
-    def hit(self, subject: str, *, limit: int, cost: int = 1) -> RateLimitResult:
-        """Takes `cost` from `subject`'s allowance if it fits; a refused request takes nothing."""
-        _check_arguments(limit, cost)
-        return self._call(subject, limit=limit, cost=cost)
-
-    def peek(self, subject: str, *, limit: int) -> RateLimitResult:
-        """What a request of cost 1 would get now, without consuming anything."""
-        _check_arguments(limit, 1)
-        return self._call(subject, limit=limit, cost=0)
 
     def reset(self, subject: str) -> None:
         """Gives `subject` its full allowance back (an operator action; errors propagate)."""
@@ -330,7 +326,7 @@ def _unenforced(limit: int) -> RateLimitResult:
     )
 
 
-class LocalRateLimiter:
+class LocalRateLimiter(_GcraLimiter):
     """The same GCRA in this process's memory, for the embedded (no Redis) mode.
 
     Thread-safe, but NOT shared across processes: each worker process grants the full limit.
@@ -352,14 +348,6 @@ class LocalRateLimiter:
         self._lock = threading.Lock()
         self._tats: dict[str, int] = {}
         self._calls = 0
-
-    def hit(self, subject: str, *, limit: int, cost: int = 1) -> RateLimitResult:
-        _check_arguments(limit, cost)
-        return self._call(subject, limit=limit, cost=cost)
-
-    def peek(self, subject: str, *, limit: int) -> RateLimitResult:
-        _check_arguments(limit, 1)
-        return self._call(subject, limit=limit, cost=0)
 
     def reset(self, subject: str) -> None:
         with self._lock:
@@ -393,4 +381,4 @@ def get_rate_limiter() -> RateLimiter | LocalRateLimiter:
     if not url:
         return LocalRateLimiter(window_seconds=window)
     timeout = getattr(settings, "RATE_LIMIT_REDIS_TIMEOUT_SECONDS", DEFAULT_REDIS_TIMEOUT_SECONDS)
-    return RateLimiter(redis_client(url, timeout=timeout), window_seconds=window)
+    return RateLimiter(cache.redis_client(url, timeout=timeout), window_seconds=window)

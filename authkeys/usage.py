@@ -18,7 +18,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from authkeys.models import ApiKey, ApiKeyUsageDaily
-from authkeys.ratelimit import redis_client
+from hokusai_site.cache import redis_client
 
 logger = logging.getLogger(__name__)
 

@@ -506,3 +506,26 @@ def chosen_variants(parser, args, variants: Sequence[Any]) -> list[Any]:
     if unknown or not chosen:
         parser.error(f"unknown variant(s) {', '.join(unknown) or '(none given)'}; known: {names}")
     return [next(v for v in variants if v.name == name) for name in chosen]
+
+
+def gunicorn_worker_model(env: dict[str, str]) -> str:
+    """What gunicorn will really run: the config file evaluated with this environment (in a
+    child process, as the file sets environment variables; --print-config loads the app)."""
+    script = (
+        "import runpy; c = runpy.run_path('deploy/gunicorn.conf.py'); "
+        "print(c['worker_class'], c['workers'], c['threads'])"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"cannot read deploy/gunicorn.conf.py:\n{completed.stderr}")
+    worker_class, workers, threads = completed.stdout.split()
+    model = f"{worker_class}, {workers} workers"
+    return model + (f" x {threads} threads" if worker_class == "gthread" else "")

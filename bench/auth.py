@@ -61,6 +61,7 @@ from _common import (
     format_table,
     free_port,
     group_usage,
+    gunicorn_worker_model,
     load_arguments,
     log_tail,
     machine_facts,
@@ -797,7 +798,8 @@ def print_header(
         "runs, never refuses)"
     )
     print("\nServer")
-    print(f"  {shell_line(GUNICORN)}   # deploy/gunicorn.conf.py defaults: {worker_model(env)}")
+    model = gunicorn_worker_model(env)
+    print(f"  {shell_line(GUNICORN)}   # deploy/gunicorn.conf.py defaults: {model}")
     url = f"http://127.0.0.1:{port}"
     items = workdir / "items" / "<variant>.txt"
     print("\nLoad, per variant: warm-up (not counted), then the measured run")
@@ -807,24 +809,6 @@ def print_header(
         "request; once: each line once (cache-miss keys, signed messages), then the thread stops"
     )
     print(flush=True)
-
-
-def worker_model(env: dict[str, str]) -> str:
-    script = (
-        "import runpy; c = runpy.run_path('deploy/gunicorn.conf.py'); "
-        "print(c['worker_class'], c['workers'], c['threads'])"
-    )
-    completed = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    worker_class, workers, threads = completed.stdout.split()
-    return f"{worker_class}, {workers} workers x {threads} threads"
 
 
 def best_rounds(measurements: list[Measurement]) -> dict[str, list[Measurement]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,6 @@ from _common import (
     GUNICORN,
     INHERITED_ENV,
     REDIS_HOST_PORT,
-    REPO_ROOT,
     CpuWatch,
     Service,
     Services,
@@ -38,6 +36,7 @@ from _common import (
     format_table,
     free_port,
     group_usage,
+    gunicorn_worker_model,
     http_get_json,
     load_arguments,
     log_tail,
@@ -159,28 +158,9 @@ def server_env(variant: Variant, env: dict[str, str], port: int) -> dict[str, st
 
 
 def effective_model(variant: Variant, env: dict[str, str]) -> str:
-    """What gunicorn will really run: the config file evaluated with this variant's environment
-    (in a child process, as the file sets environment variables; --print-config loads the app)."""
     if variant.server != "gunicorn":
         return "uvicorn, 2 workers"
-    script = (
-        "import runpy; c = runpy.run_path('deploy/gunicorn.conf.py'); "
-        "print(c['worker_class'], c['workers'], c['threads'])"
-    )
-    completed = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"cannot read deploy/gunicorn.conf.py:\n{completed.stderr}")
-    worker_class, workers, threads = completed.stdout.split()
-    model = f"{worker_class}, {workers} workers"
-    return model + (f" x {threads} threads" if worker_class == "gthread" else "")
+    return gunicorn_worker_model(env)
 
 
 def print_header(args: argparse.Namespace, env: dict[str, str], port: int) -> dict[str, str]:

@@ -14,6 +14,7 @@ import functools
 import logging
 import time
 
+import redis
 from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
 from django.core.cache.backends.redis import RedisCacheClient
 from redis.backoff import NoBackoff
@@ -23,6 +24,18 @@ from redis.retry import Retry
 logger = logging.getLogger(__name__)
 WARNING_INTERVAL_SECONDS = 10.0
 _last_warning = 0.0
+
+
+def no_retries() -> Retry:
+    return Retry(NoBackoff(), 0)
+
+
+def redis_client(url: str, *, timeout: float) -> redis.Redis:
+    """A client fit for the request path (rate limits, usage, health): short timeouts and no
+    retries, so a dead Redis costs one short timeout, never redis-py's default 10 retries."""
+    return redis.Redis.from_url(
+        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=no_retries()
+    )
 
 
 class PooledRedisCacheClient(RedisCacheClient):
@@ -36,7 +49,7 @@ class PooledRedisCacheClient(RedisCacheClient):
         if client is None:
             pool = self._get_connection_pool(write)
             # redis-py clients are thread-safe: they take a connection from the pool per call.
-            client = self._client(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+            client = self._client(connection_pool=pool, retry=no_retries())
             self._clients[index] = client
         return client
 

@@ -16,8 +16,8 @@ from typing import Any
 from django.conf import settings
 from django.db import connections
 
-from authkeys.ratelimit import redis_client
 from hokusai_site import selectors
+from hokusai_site.cache import redis_client
 from hokusai_site.dns import DnsResolutionError, get_resolver
 from registry import mlflow
 

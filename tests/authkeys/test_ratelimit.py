@@ -22,9 +22,9 @@ from authkeys.ratelimit import (
     RateLimitResult,
     get_rate_limiter,
     headers,
-    redis_client,
     subject_key,
 )
+from hokusai_site.cache import redis_client
 
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
 
@@ -55,7 +55,7 @@ def redis_url() -> str:
 
 @pytest.fixture
 def client(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis_client(redis_url)
+    client = redis_client(redis_url, timeout=0.25)
     yield client
     client.close()
 
