@@ -12,8 +12,10 @@ from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 
-from authkeys import ethereum, keys, selectors, services, usage
+from authkeys import contract_wallets, ethereum, gate, keys, services
 from authkeys.principals import Caller
+from authkeys.ratelimit import RateLimitResult
+from authkeys.selectors import KeyInfo
 from authkeys.throttling import refuse_credentials
 
 KEY_SCHEMES = ("bearer", "apikey")
@@ -52,11 +54,22 @@ def key_from_headers(meta: dict) -> str | None:
 
 
 def _key_in_query(request) -> bool:
+    if not request.META.get("QUERY_STRING"):
+        return False  # the common case, without parsing a QueryDict
     return any(
         keys.looks_like_key(value)
         for name in QUERY_KEY_NAMES
         for value in request.GET.getlist(name)
     )
+
+
+@dataclass(frozen=True)
+class ApiKeyCredentials:
+    """request.auth for a request with an API key: the key's facts and the rate limit it was
+    already counted against (in the same Redis round trip as the key check)."""
+
+    info: KeyInfo
+    rate_limit_result: RateLimitResult
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -75,13 +88,16 @@ class ApiKeyAuthentication(BaseAuthentication):
             parsed = keys.parse(raw)
         except (keys.MalformedKey, MalformedCredentials):
             raise refuse_credentials(request, "api_key_malformed", "API key is malformed") from None
-        info = selectors.key_info(prefix=parsed.prefix, digest=services.key_digest(parsed.key))
+        admission = gate.admit(
+            prefix=parsed.prefix, digest=services.key_digest(parsed.key), ip=request.client_ip
+        )
+        info = admission.info
         if info is None:
             raise refuse_credentials(request, "api_key_unknown", "API key is not recognised")
-        refusal = info.refusal(timezone.now())
-        if refusal is not None:
-            raise refuse_credentials(request, *refusal)
-        usage.record_request(key_id=info.key_id, ip=request.client_ip)
+        if admission.rate_limit is None:
+            raise refuse_credentials(request, *info.refusal(timezone.now()))
+        # On every response, a refusal by permission included: the request was counted.
+        request.rate_limit = admission.rate_limit
         caller = Caller(
             kind="api_key",
             label=info.prefix,
@@ -91,7 +107,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             key_id=info.key_id,
             is_staff=info.owner_is_staff,
         )
-        return caller, info
+        return caller, ApiKeyCredentials(info, admission.rate_limit)
 
     def authenticate_header(self, request) -> str:
         return 'Bearer realm="hokusai"'
@@ -140,6 +156,7 @@ class EthSignatureAuthentication(BaseAuthentication):
                 now=timezone.now(),
                 max_clock_skew=timedelta(seconds=settings.HOKUSAI_SIWE_MAX_CLOCK_SKEW),
                 max_age=timedelta(seconds=settings.HOKUSAI_SIWE_MAX_AGE),
+                contract_wallet_check=contract_wallets.verifier(),
             )
         except ethereum.EthAuthError as exc:
             raise refuse_credentials(request, exc.code, exc.detail) from None

@@ -7,7 +7,9 @@ consuming it must be atomic in Redis and that is the caller's job.
 A request carries three headers:
 
     X-ETH-Address    0x + 40 hex digits, any case
-    X-ETH-Signature  0x + 130 hex digits: r (32 bytes) || s (32 bytes) || v (1 byte)
+    X-ETH-Signature  0x + 130 hex digits: r (32 bytes) || s (32 bytes) || v (1 byte); a
+                     smart-contract wallet's (EIP-1271) may be longer, whatever its contract
+                     checks, up to MAX_SIGNATURE_BYTES
     X-ETH-Message    standard base64 (RFC 4648 section 4, padded) of the UTF-8 message text,
                      because header values cannot carry the message's newlines
 
@@ -38,19 +40,21 @@ import base64
 import binascii
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, NoReturn
 
 from eth_account import Account
 from eth_account.messages import encode_defunct
-from eth_utils import to_checksum_address
+from eth_utils import keccak, to_checksum_address
 
 EthErrorCode = Literal[
     "eth_header_malformed",
     "eth_message_malformed",
     "eth_signature_invalid",
     "eth_address_mismatch",
+    "eth_contract_wallet_chain",
     "eth_domain_mismatch",
     "eth_uri_mismatch",
     "eth_chain_not_allowed",
@@ -74,6 +78,9 @@ SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 SECP256K1_HALF_N = SECP256K1_N // 2
 
 DEFAULT_MAX_MESSAGE_BYTES = 4096
+EOA_SIGNATURE_BYTES = 65
+# Room for a multi-owner contract wallet's signatures (65 bytes per owner) and then some.
+MAX_SIGNATURE_BYTES = 2048
 
 # --- RFC 3986 / RFC 3339 / EIP-4361 grammar, ASCII only -----------------------------------------
 _UNRESERVED = r"A-Za-z0-9\-._~"
@@ -103,7 +110,7 @@ _AUTHORITY_RE = re.compile(_AUTHORITY, re.ASCII)
 _SCHEME_RE = re.compile(_SCHEME, re.ASCII)
 _IPV_FUTURE_RE = re.compile(rf"[vV][0-9A-Fa-f]+\.[{_UNRESERVED}{_SUB_DELIMS}:]+", re.ASCII)
 _ADDRESS_RE = re.compile(r"0x[0-9A-Fa-f]{40}", re.ASCII)
-_SIGNATURE_RE = re.compile(r"0x[0-9A-Fa-f]{130}", re.ASCII)
+_SIGNATURE_RE = re.compile(r"0x(?:[0-9A-Fa-f]{2})+", re.ASCII)
 _BASE64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}", re.ASCII)
 _STATEMENT_RE = re.compile(rf"[{_UNRESERVED}:/?#\[\]@{_SUB_DELIMS} ]*", re.ASCII)
 _CHAIN_ID_RE = re.compile(r"[0-9]+", re.ASCII)
@@ -132,10 +139,15 @@ def decode_address(value: str) -> str:
 
 
 def decode_signature(value: str) -> bytes:
-    """`0x` + 130 hex digits -> the 65 signature bytes r || s || v."""
-    if len(value) != 132 or not _SIGNATURE_RE.fullmatch(value):
+    """`0x` + hex -> the signature bytes: 65 (r || s || v) for an ordinary account, up to
+    MAX_SIGNATURE_BYTES for a smart-contract wallet."""
+    if not 2 + 2 * EOA_SIGNATURE_BYTES <= len(
+        value
+    ) <= 2 + 2 * MAX_SIGNATURE_BYTES or not _SIGNATURE_RE.fullmatch(value):
         raise EthAuthError(
-            "eth_header_malformed", "X-ETH-Signature must be 0x and 130 hex digits (65 bytes)."
+            "eth_header_malformed",
+            "X-ETH-Signature must be 0x and 130 hex digits (65 bytes), or up to "
+            f"{MAX_SIGNATURE_BYTES} bytes for a smart-contract wallet.",
         )
     return bytes.fromhex(value[2:])
 
@@ -426,7 +438,7 @@ def recover_signer(message: str, signature: bytes) -> str:
     Only the low-s form of a signature is accepted (EIP-2), so one signed message has exactly
     one valid signature; v must be 27/28 (0/1 are normalised to them).
     """
-    if len(signature) != 65:
+    if len(signature) != EOA_SIGNATURE_BYTES:
         raise EthAuthError("eth_signature_invalid", "Signature must be 65 bytes.")
     r = int.from_bytes(signature[:32], "big")
     s = int.from_bytes(signature[32:64], "big")
@@ -443,6 +455,17 @@ def recover_signer(message: str, signature: bytes) -> str:
         )
     except Exception as exc:  # eth-account raises a zoo of types; all mean "not a signature"
         raise EthAuthError("eth_signature_invalid", "Signature does not recover.") from exc
+
+
+def eip191_hash(message: str) -> bytes:
+    """The hash personal_sign signs, which an EIP-1271 contract is asked about."""
+    data = message.encode("utf-8")
+    return keccak(b"\x19Ethereum Signed Message:\n" + str(len(data)).encode() + data)
+
+
+# Asked whether a smart-contract wallet accepts a signature: (address, EIP-191 hash, signature,
+# chain id) -> bool. It may raise EthAuthError (e.g. a chain it cannot check).
+ContractWalletCheck = Callable[[str, bytes, bytes, int], bool]
 
 
 # --- Verification -------------------------------------------------------------------------------
@@ -470,6 +493,7 @@ def verify_siwe(
     now: datetime,
     max_clock_skew: timedelta,
     max_age: timedelta,
+    contract_wallet_check: ContractWalletCheck | None = None,
 ) -> SiweMessage:
     """Check a SIWE header set and return the parsed message (its nonce is the caller's to burn).
 
@@ -478,6 +502,9 @@ def verify_siwe(
       - Not Before: refused while now + skew < not_before.
       - Issued At: refused if issued_at > now + skew (future) or issued_at < now - max_age.
     Claims are checked before the (costly) signature recovery, so garbage is cheap to refuse.
+
+    A signature that does not recover to the address is put to the address's contract
+    (EIP-1271) through `contract_wallet_check`; without one it is refused, saying why.
     """
     if now.utcoffset() is None:
         raise ValueError("now must be timezone-aware.")
@@ -506,6 +533,21 @@ def verify_siwe(
     if message.not_before is not None and now + max_clock_skew < message.not_before:
         raise EthAuthError("eth_message_not_yet_valid", "Message is not valid yet (Not Before).")
 
-    if recover_signer(text, signature).lower() != address.lower():
-        raise EthAuthError("eth_address_mismatch", "Signature was not made by X-ETH-Address.")
+    try:
+        if recover_signer(text, signature).lower() == address.lower():
+            return message
+        mismatch = EthAuthError("eth_address_mismatch", "Signature was not made by X-ETH-Address.")
+    except EthAuthError as exc:
+        mismatch = exc
+    if contract_wallet_check is None:
+        raise EthAuthError(
+            mismatch.code,
+            f"{mismatch.detail} Smart-contract wallets (EIP-1271) are not verified on this "
+            "server (ETH_RPC_URL is not set).",
+        )
+    if not contract_wallet_check(message.address, eip191_hash(text), signature, message.chain_id):
+        raise EthAuthError(
+            "eth_address_mismatch",
+            "Signature was not made by X-ETH-Address, nor accepted by its contract (EIP-1271).",
+        )
     return message

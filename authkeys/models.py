@@ -54,6 +54,8 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     last_used_ip = models.GenericIPAddressField(null=True, blank=True)
+    # The last change that matters to authentication; the beat publishes recent ones again.
+    changed_at = models.DateTimeField(null=True, blank=True, db_index=True, editable=False)
 
     class Meta:
         verbose_name = "API key"

@@ -71,35 +71,39 @@ _MICROS = 1_000_000
 # an attacker-chosen header value can neither make a huge key nor collide with another subject.
 _KIND = re.compile(r"[a-z][a-z0-9_-]{0,15}")
 
-# KEYS[1]: the subject's key. ARGV: limit N, emission interval T (µs), cost c, now (µs; "" for
-# Redis's clock). Returns {allowed, remaining, µs until the bucket is full, µs until retry}.
-# Mirrors `_gcra()` below; keep the two in step. Cost 0 is a peek: nothing is written.
-_GCRA_SCRIPT = """
-local limit = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local now
-if ARGV[4] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[4])
-end
-local tolerance = limit * interval
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-if tat < now then tat = now end
-local new_tat = tat + cost * interval
-if new_tat - now <= tolerance then
-  if cost > 0 then
-    -- The key disappears when the bucket is full again: an absent key means a full bucket.
-    redis.call('SET', KEYS[1], string.format('%d', new_tat),
-               'PX', math.ceil((new_tat - now) / 1000))
+# gcra(key, limit N, emission interval T in µs, cost c, now in µs or "" for Redis's clock)
+# returns {allowed, remaining, µs until the bucket is full, µs until retry}. A Lua function so
+# that other scripts (authkeys.gate) rate-limit in the same round trip. Mirrors `_gcra()` below;
+# keep the two in step. Cost 0 is a peek: nothing is written.
+GCRA_LUA = """
+local function gcra(key, limit, interval, cost, now_arg)
+  local now
+  if now_arg == '' then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  else
+    now = tonumber(now_arg)
   end
-  return {1, math.floor((tolerance - (new_tat - now)) / interval), new_tat - now, 0}
+  local tolerance = limit * interval
+  local tat = tonumber(redis.call('GET', key)) or now
+  if tat < now then tat = now end
+  local new_tat = tat + cost * interval
+  if new_tat - now <= tolerance then
+    if cost > 0 then
+      -- The key disappears when the bucket is full again: an absent key means a full bucket.
+      redis.call('SET', key, string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000))
+    end
+    return {1, math.floor((tolerance - (new_tat - now)) / interval), new_tat - now, 0}
+  end
+  return {0, math.floor((tolerance - (tat - now)) / interval), tat - now,
+          new_tat - now - tolerance}
 end
-return {0, math.floor((tolerance - (tat - now)) / interval), tat - now,
-        new_tat - now - tolerance}
 """
+# KEYS[1]: the subject's key. ARGV: limit, interval, cost, now (see `RateLimiter._call`).
+_GCRA_SCRIPT = (
+    GCRA_LUA
+    + "return gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4])"
+)
 
 
 @dataclass(frozen=True)
@@ -276,20 +280,44 @@ class RateLimiter(_GcraLimiter):
         self.client.delete(subject_key(self.prefix, subject))
 
     def _call(self, subject: str, *, limit: int, cost: int) -> RateLimitResult:
-        if not self._may_call_redis():
-            return _unenforced(limit)
+        raw = self.run(
+            self._script,
+            keys=[self.subject_key(subject)],
+            args=[limit, _interval(self._window_us, limit), cost, self.now_argument()],
+        )
+        if raw is None:
+            return unenforced(limit)
+        return self.result(raw, limit=limit, cost=cost)
+
+    def subject_key(self, subject: str) -> str:
+        return subject_key(self.prefix, subject)
+
+    @property
+    def window_micros(self) -> int:
+        return self._window_us
+
+    def now_argument(self) -> str:
+        """`gcra()`'s now: "" for Redis's own clock, else the injected clock in µs."""
+        return "" if self._clock is None else str(int(self._clock() * _MICROS))
+
+    def result(self, raw: list, *, limit: int, cost: int) -> RateLimitResult:
+        """The result of `gcra()`'s reply."""
         interval = _interval(self._window_us, limit)
-        now = "" if self._clock is None else str(int(self._clock() * _MICROS))
+        return _result(raw, limit=limit, cost=cost, window_us=self._window_us, interval=interval)
+
+    def run(self, script, *, keys: list, args: list) -> list | None:
+        """Runs a script of this limiter's client behind the circuit; None when Redis was
+        skipped or failed, and the caller fails open."""
+        if not self._may_call_redis():
+            return None
         try:
-            raw = self._script(
-                keys=[subject_key(self.prefix, subject)], args=[limit, interval, cost, now]
-            )
+            raw = script(keys=keys, args=args)
         except (redis.exceptions.RedisError, OSError) as exc:
             self._record_failure()
             _warnings.warn("Rate limits not enforced: Redis unavailable (%s)", exc)
-            return _unenforced(limit)
+            return None
         self._record_success()
-        return _result(raw, limit=limit, cost=cost, window_us=self._window_us, interval=interval)
+        return raw
 
     def _may_call_redis(self) -> bool:
         if self._retry_at is None:  # CLOSED: the common path takes no lock
@@ -314,7 +342,7 @@ class RateLimiter(_GcraLimiter):
                 self._retry_at = None
 
 
-def _unenforced(limit: int) -> RateLimitResult:
+def unenforced(limit: int) -> RateLimitResult:
     # Nothing is known about usage: report the full allowance, nothing to wait for.
     return RateLimitResult(
         allowed=True,

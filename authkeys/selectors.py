@@ -34,6 +34,8 @@ class KeyInfo:
     owner_identity_id: int | None
     owner_is_staff: bool
     owner_active: bool
+    # The key's version in Redis when these facts were read (authkeys.gate); "" if none.
+    version: str = ""
 
     @property
     def rate_limit_subject(self) -> str:
@@ -57,7 +59,7 @@ def cache_key(digest: str) -> str:
     return CACHE_KEY_FORMAT.format(digest=digest)
 
 
-def key_info_for_secret(secret: ApiKeySecret) -> KeyInfo:
+def key_info_for_secret(secret: ApiKeySecret, *, version: str = "") -> KeyInfo:
     api_key: ApiKey = secret.api_key
     owner = api_key.owner_user or api_key.owner_identity
     return KeyInfo(
@@ -74,14 +76,34 @@ def key_info_for_secret(secret: ApiKeySecret) -> KeyInfo:
         owner_identity_id=api_key.owner_identity_id,
         owner_is_staff=bool(api_key.owner_user and api_key.owner_user.is_staff),
         owner_active=owner.is_active,
+        version=version,
     )
 
 
-def key_info(*, prefix: str, digest: str) -> KeyInfo | None:
-    """The key's facts, from the cache when possible; None for a key we never issued."""
-    cached = cache.get(cache_key(digest))
-    if cached is not None:
-        return None if cached == UNKNOWN else cached
+def cache_key_infos(infos: dict[str, KeyInfo]) -> None:
+    """Overwrites the shared cache's facts of these digests (after a change committed)."""
+    cache.set_many(
+        {cache_key(digest): info for digest, info in infos.items()},
+        settings.HOKUSAI_API_KEY_CACHE_SECONDS,
+    )
+
+
+def cached_key_info(digest: str) -> KeyInfo | str | None:
+    """The shared cache's entry: the facts, UNKNOWN, or None on a miss."""
+    return cache.get(cache_key(digest))
+
+
+def key_info_from_database(
+    *, prefix: str, digest: str, version: str | None = None
+) -> KeyInfo | None:
+    """The key's facts read from the database, then cached; None for a key we never issued.
+
+    `version` (Redis mode, authkeys.gate): the key's version, read before this call. The facts
+    are stamped with it and overwrite the cached entry: a stamp that is out of date is caught
+    by the gate's version check, never trusted. Without versions (embedded mode) the cache is
+    only added to: a revoke or rotate that committed meanwhile has already written the newer
+    facts, and this older read must not replace them.
+    """
     secret = (
         ApiKeySecret.objects.select_related(
             "api_key", "api_key__owner_user", "api_key__owner_identity"
@@ -92,11 +114,20 @@ def key_info(*, prefix: str, digest: str) -> KeyInfo | None:
     if secret is None or not hmac.compare_digest(secret.key_hash, digest):
         cache.add(cache_key(digest), UNKNOWN, UNKNOWN_CACHE_SECONDS)
         return None
-    info = key_info_for_secret(secret)
-    # add, not set: a revoke or rotate that committed meanwhile has already written the newer
-    # facts, and this older read must not replace them.
-    cache.add(cache_key(digest), info, settings.HOKUSAI_API_KEY_CACHE_SECONDS)
+    info = key_info_for_secret(secret, version=version or "")
+    if version is None:
+        cache.add(cache_key(digest), info, settings.HOKUSAI_API_KEY_CACHE_SECONDS)
+    else:
+        cache.set(cache_key(digest), info, settings.HOKUSAI_API_KEY_CACHE_SECONDS)
     return info
+
+
+def key_info(*, prefix: str, digest: str) -> KeyInfo | None:
+    """The key's facts, from the cache when possible; None for a key we never issued."""
+    cached = cached_key_info(digest)
+    if cached is not None:
+        return None if cached == UNKNOWN else cached
+    return key_info_from_database(prefix=prefix, digest=digest)
 
 
 def key_usage(key_id: int, *, days: int) -> list[tuple[date, int]]:

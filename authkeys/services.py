@@ -11,36 +11,45 @@ from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from authkeys import keys, selectors
+from authkeys import gate, keys
 from authkeys.models import ApiKey, ApiKeySecret, EthIdentity
 from authkeys.principals import Caller
 from authkeys.scopes import ALL_SCOPES
 from hokusai_site.errors import ApplicationError
 from registry import audit
 
+# Covers the beat's period and a little clock skew.
+REPUBLISH_MARGIN_SECONDS = 120
+
 
 def key_digest(key: str) -> str:
     return keys.digest(key, pepper=settings.HOKUSAI_API_KEY_PEPPER.encode())
 
 
-def recache_key(api_key_id: int) -> None:
-    """Writes the committed facts of every secret of a key into the shared cache.
+def keys_changed(**filters) -> None:
+    """Marks the matching keys changed; once the transaction commits, every process sees the
+    change on its next request (authkeys.gate)."""
+    matching = ApiKey.objects.filter(**filters)
+    key_ids = list(matching.values_list("pk", flat=True))
+    matching.update(changed_at=timezone.now())
 
-    Every worker reads that cache, so a revoke or rotate is seen by the very next request
-    anywhere. Overwriting (rather than deleting) also defeats a request that read the row before
-    the change and would otherwise re-cache the old facts: cache fills only add.
-    """
-    key_secrets = ApiKeySecret.objects.select_related(
-        "api_key", "api_key__owner_user", "api_key__owner_identity"
-    ).filter(api_key_id=api_key_id)
-    cache.set_many(
-        {selectors.cache_key(s.key_hash): selectors.key_info_for_secret(s) for s in key_secrets},
-        settings.HOKUSAI_API_KEY_CACHE_SECONDS,
+    def publish() -> None:
+        for key_id in key_ids:
+            gate.key_changed(key_id)
+
+    transaction.on_commit(publish)
+
+
+def republish_key_changes() -> int:
+    """Publishes again the keys changed within a cache lifetime, in case Redis missed the
+    first publication; returns how many. Run every minute by the beat."""
+    since = timezone.now() - timedelta(
+        seconds=settings.HOKUSAI_API_KEY_CACHE_SECONDS + REPUBLISH_MARGIN_SECONDS
     )
-
-
-def _recache_on_commit(api_key: ApiKey) -> None:
-    transaction.on_commit(lambda: recache_key(api_key.pk))
+    key_ids = list(ApiKey.objects.filter(changed_at__gte=since).values_list("pk", flat=True))
+    for key_id in key_ids:
+        gate.key_changed(key_id)
+    return len(key_ids)
 
 
 def _check_scopes(*, actor: Caller, scopes: list[str]) -> list[str]:
@@ -126,7 +135,7 @@ def api_key_rotate(
     # own, earlier end.
     api_key.secrets.filter(valid_until__isnull=True).update(valid_until=valid_until)
     secret = _add_secret(api_key)
-    _recache_on_commit(api_key)
+    keys_changed(pk=api_key.pk)
     audit.api_key_rotated(
         actor=actor, api_key=api_key, old_prefix=old_prefix, old_valid_until=valid_until
     )
@@ -151,7 +160,7 @@ def api_key_revoke(*, actor: Caller, api_key: ApiKey) -> ApiKey:
         api_key.revoked_at = timezone.now()
         api_key.save(update_fields=["revoked_at"])
         audit.api_key_revoked(actor=actor, api_key=api_key)
-    _recache_on_commit(api_key)
+    keys_changed(pk=api_key.pk)
     return api_key
 
 

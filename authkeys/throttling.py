@@ -13,7 +13,7 @@ from authkeys.ratelimit import RateLimitResult, get_rate_limiter, headers
 
 
 def _subject_and_limit(request) -> tuple[str, int]:
-    # API keys and Ethereum sign-ins carry their own subject and limit.
+    # Ethereum sign-ins carry their own subject and limit.
     credentials = request.auth
     if credentials is not None and hasattr(credentials, "rate_limit_subject"):
         return credentials.rate_limit_subject, credentials.rate_limit_per_minute
@@ -25,8 +25,11 @@ def _subject_and_limit(request) -> tuple[str, int]:
 
 class CallerRateThrottle(BaseThrottle):
     def allow_request(self, request, view) -> bool:
-        subject, limit = _subject_and_limit(request)
-        self.result = get_rate_limiter().hit(subject, limit=limit)
+        # An API key was counted while it was checked; other callers are counted here.
+        self.result = getattr(request.auth, "rate_limit_result", None)
+        if self.result is None:
+            subject, limit = _subject_and_limit(request)
+            self.result = get_rate_limiter().hit(subject, limit=limit)
         # Read by RateLimitHeadersMiddleware, which puts the headers on whatever the response is.
         request._request.rate_limit = self.result
         return self.result.allowed

@@ -2,13 +2,13 @@
 
 Each authenticated request adds one to today's Redis hash (`authkeys:usage:<day>`, field =
 key id) and, at most once a minute per key, records `last_used_at` / `last_used_ip` on the key
-row. `flush_usage()` (a Celery beat task) moves the counts into ApiKeyUsageDaily. Without
-Redis (embedded mode) the counts go straight to the database.
+row; authkeys.gate does both in the request's one Redis round trip. `flush_usage()` (a Celery
+beat task) moves the counts into ApiKeyUsageDaily. Without Redis (embedded mode) the counts go
+straight to the database.
 """
 
 from __future__ import annotations
 
-import logging
 from datetime import date, datetime, timedelta
 from functools import cache
 
@@ -20,8 +20,6 @@ from django.utils import timezone
 from authkeys.models import ApiKey, ApiKeyUsageDaily
 from hokusai_site.cache import redis_client
 
-logger = logging.getLogger(__name__)
-
 DAY_KEY = "authkeys:usage:{day}"
 FLUSHING_KEY = "authkeys:usage-flushing:{day}"
 LAST_USED_KEY = "authkeys:last-used:{key_id}"
@@ -30,25 +28,26 @@ DAY_KEY_TTL_SECONDS = 8 * 24 * 3600
 LAST_USED_EVERY_SECONDS = 60
 
 
-# KEYS: today's hash, the key's last-used marker. ARGV: key id, hash TTL, marker TTL.
-# Returns 1 when last_used_at is due again. One command: a redis-py pipeline object alone costs
-# more CPU than the round trip.
-_COUNT_SCRIPT = """
-redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-if redis.call('SET', KEYS[2], 1, 'NX', 'EX', ARGV[3]) then return 1 end
-return 0
+# count_usage(today's hash, the key's last-used marker, key id, hash TTL, marker TTL) returns 1
+# when last_used_at is due again. Run by authkeys.gate's script, in the request's one round trip.
+COUNT_LUA = """
+local function count_usage(day_key, marker_key, key_id, day_ttl, marker_ttl)
+  redis.call('HINCRBY', day_key, key_id, 1)
+  redis.call('EXPIRE', day_key, day_ttl)
+  if redis.call('SET', marker_key, 1, 'NX', 'EX', marker_ttl) then return 1 end
+  return 0
+end
 """
+
+
+def count_keys(key_id: int, now: datetime) -> list[str]:
+    """KEYS for `count_usage()`: today's hash and the key's last-used marker."""
+    return [DAY_KEY.format(day=now.date().isoformat()), LAST_USED_KEY.format(key_id=key_id)]
 
 
 @cache
 def _client():
     return redis_client(settings.REDIS_URL, timeout=settings.RATE_LIMIT_REDIS_TIMEOUT_SECONDS)
-
-
-@cache
-def _count_script():
-    return _client().register_script(_COUNT_SCRIPT)
 
 
 def _add_to_database(counts: dict[tuple[int, date], int]) -> None:
@@ -65,29 +64,16 @@ def _add_to_database(counts: dict[tuple[int, date], int]) -> None:
             ApiKeyUsageDaily.objects.create(api_key_id=key_id, day=day, requests=requests)
 
 
-def _touch_last_used(key_id: int, ip: str | None, now: datetime) -> None:
+def touch_last_used(key_id: int, ip: str | None, now: datetime) -> None:
     ApiKey.objects.filter(pk=key_id).update(last_used_at=now, last_used_ip=ip)
 
 
-def record_request(*, key_id: int, ip: str | None) -> None:
+def record_in_database(*, key_id: int, ip: str | None) -> None:
+    """Embedded mode (no Redis): the count and last use go straight to the database."""
     now = timezone.now()
-    if not settings.REDIS_URL:
-        with transaction.atomic():
-            _add_to_database({(key_id, now.date()): 1})
-            _touch_last_used(key_id, ip, now)
-        return
-    day_key = DAY_KEY.format(day=now.date().isoformat())
-    try:
-        last_used_due = _count_script()(
-            keys=[day_key, LAST_USED_KEY.format(key_id=key_id)],
-            args=[key_id, DAY_KEY_TTL_SECONDS, LAST_USED_EVERY_SECONDS],
-        )
-    except Exception:
-        # Counting usage must never fail the request it counts.
-        logger.warning("could not count a request of API key %s", key_id, exc_info=True)
-        return
-    if last_used_due:
-        _touch_last_used(key_id, ip, now)
+    with transaction.atomic():
+        _add_to_database({(key_id, now.date()): 1})
+        touch_last_used(key_id, ip, now)
 
 
 def flush_usage(*, today: date | None = None) -> int:

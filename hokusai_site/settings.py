@@ -241,6 +241,7 @@ if REDIS_URL:
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE = {
     "flush-api-key-usage": {"task": "authkeys.flush_usage", "schedule": 60.0},
+    "republish-api-key-changes": {"task": "authkeys.republish_key_changes", "schedule": 60.0},
 }
 # How often each worker records that it is alive (the health check reads these rows).
 CELERY_WORKER_HEARTBEAT_SECONDS = _positive("CELERY_WORKER_HEARTBEAT_SECONDS", float, 10.0)
@@ -309,6 +310,9 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 # Keyed hash for stored API keys; changing it invalidates every key, so it is its own setting.
 HOKUSAI_API_KEY_PEPPER = _typed("HOKUSAI_API_KEY_PEPPER", str, SECRET_KEY)
 HOKUSAI_API_KEY_CACHE_SECONDS = _positive("HOKUSAI_API_KEY_CACHE_SECONDS", int, 300)
+# Each process also keeps the facts of keys it served, checked against Redis on every request;
+# this bounds how long a change Redis never heard of can go unseen (authkeys.gate).
+HOKUSAI_API_KEY_LOCAL_CACHE_SECONDS = _positive("HOKUSAI_API_KEY_LOCAL_CACHE_SECONDS", int, 60)
 HOKUSAI_API_KEY_DEFAULT_RATE_LIMIT = _positive("HOKUSAI_API_KEY_DEFAULT_RATE_LIMIT", int, 600)
 # How long a rotated-away secret keeps working (seconds; 0 = it stops at once).
 HOKUSAI_KEY_ROTATION_GRACE = _typed("HOKUSAI_KEY_ROTATION_GRACE", int, 24 * 3600)
@@ -341,6 +345,10 @@ HOKUSAI_SIWE_NONCE_TTL = _positive("HOKUSAI_SIWE_NONCE_TTL", int, 300)
 HOKUSAI_SIWE_MAX_CLOCK_SKEW = _positive("HOKUSAI_SIWE_MAX_CLOCK_SKEW", int, 60)
 HOKUSAI_SIWE_MAX_AGE = _positive("HOKUSAI_SIWE_MAX_AGE", int, 600)
 # Addresses seen for the first time get these scopes, or are refused when registration is closed.
+# Smart-contract wallets (EIP-1271) are verified by an eth_call through this JSON-RPC node, for
+# messages on the node's chain; unset, their signatures are refused with a 401 that says why.
+ETH_RPC_URL = _url("ETH_RPC_URL", "", ("http", "https")) if os.environ.get("ETH_RPC_URL") else ""
+ETH_RPC_TIMEOUT_SECONDS = _positive("ETH_RPC_TIMEOUT_SECONDS", float, 5.0)
 HOKUSAI_ETH_OPEN_REGISTRATION = _bool("HOKUSAI_ETH_OPEN_REGISTRATION", True)
 HOKUSAI_ETH_DEFAULT_SCOPES = _typed(
     "HOKUSAI_ETH_DEFAULT_SCOPES", list, ["models:read", "predict", "contributions:write"]

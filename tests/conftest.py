@@ -187,7 +187,10 @@ def _fresh_cache(request):
         return
     from django.core.cache import cache
 
+    from authkeys.gate import local_cache
+
     cache.clear()
+    local_cache().clear()
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from authkeys.ethereum import (
+    MAX_SIGNATURE_BYTES,
     SECP256K1_N,
     EthAuthError,
     SiweMessage,
@@ -426,7 +427,8 @@ BAD_SIGNATURES = [
     "",
     GOOD_SIGNATURE_HEX[2:],
     GOOD_SIGNATURE_HEX[:-2],
-    GOOD_SIGNATURE_HEX + "00",
+    GOOD_SIGNATURE_HEX + "0",  # odd number of digits
+    "0x" + "ab" * (MAX_SIGNATURE_BYTES + 1),
     GOOD_SIGNATURE_HEX[:-1] + "z",
     GOOD_SIGNATURE_HEX[:-1] + " ",
     GOOD_SIGNATURE_HEX[:-1] + "\r",
@@ -434,6 +436,14 @@ BAD_SIGNATURES = [
     base64.b64encode(sign(VALID_TEXT)).decode(),
     "0x" + "f" * HUGE,
 ]
+
+
+def test_a_longer_signature_is_a_contract_wallets_and_needs_a_contract_check():
+    longer = GOOD_SIGNATURE_HEX + "00"
+    assert len(decode_signature(longer)) == 66
+    assert error_code(verify, VALID_HEADERS | {"signature_header": longer}) == (
+        "eth_signature_invalid"
+    )
 
 
 @pytest.mark.parametrize("value", BAD_SIGNATURES, ids=range(len(BAD_SIGNATURES)))
