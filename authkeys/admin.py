@@ -64,7 +64,19 @@ def scopes_text(scopes: list[str]) -> str:
 # --- API keys ---------------------------------------------------------------------------------
 
 
-class ApiKeyCreateForm(forms.ModelForm):
+class FutureExpiryMixin:
+    def clean_expires_at(self) -> datetime | None:
+        expires_at = self.cleaned_data.get("expires_at")
+        if (
+            "expires_at" in self.changed_data
+            and expires_at is not None
+            and expires_at <= timezone.now()
+        ):
+            raise forms.ValidationError("Choose a time in the future.")
+        return expires_at
+
+
+class ApiKeyCreateForm(FutureExpiryMixin, forms.ModelForm):
     """What `services.api_key_create` needs, checked here so the service never refuses it."""
 
     scopes = forms.MultipleChoiceField(choices=SCOPE_CHOICES, widget=forms.CheckboxSelectMultiple)
@@ -93,12 +105,6 @@ class ApiKeyCreateForm(forms.ModelForm):
             "expires_at": "Empty: the key does not expire.",
         }
 
-    def clean_expires_at(self) -> datetime | None:
-        expires_at = self.cleaned_data.get("expires_at")
-        if expires_at is not None and expires_at <= timezone.now():
-            raise forms.ValidationError("Choose a time in the future.")
-        return expires_at
-
     def clean(self):
         cleaned = super().clean()
         user, identity = cleaned.get("owner_user"), cleaned.get("owner_identity")
@@ -111,10 +117,18 @@ class ApiKeyCreateForm(forms.ModelForm):
         return cleaned
 
 
-class ApiKeyChangeForm(forms.ModelForm):
+class ApiKeyChangeForm(FutureExpiryMixin, forms.ModelForm):
+    """What `services.api_key_update` accepts; a staff actor holds every scope."""
+
+    scopes = forms.MultipleChoiceField(choices=SCOPE_CHOICES, widget=forms.CheckboxSelectMultiple)
+    rate_limit_per_minute = forms.IntegerField(
+        min_value=1, max_value=1_000_000, label="Rate limit per minute"
+    )
+
     class Meta:
         model = ApiKey
-        fields = ["name"]
+        fields = ["name", "scopes", "rate_limit_per_minute", "expires_at"]
+        help_texts = {"expires_at": "Empty: the key does not expire."}
 
 
 class StatusFilter(admin.SimpleListFilter):
@@ -208,8 +222,6 @@ class ApiKeyAdmin(ScopedAdmin):
             {"fields": ["environment", "scopes", "rate_limit_per_minute", "expires_at"]},
         ),
     ]
-    # Scopes, rate limit and expiry change only through a service (none exists yet), so the
-    # cached key facts are refreshed and an audit entry is written; here they are read-only.
     change_fieldsets = [
         (None, {"fields": ["name", "prefix", "owner", "status_display"]}),
         (
@@ -217,7 +229,7 @@ class ApiKeyAdmin(ScopedAdmin):
             {
                 "fields": [
                     "environment",
-                    "scopes_display",
+                    "scopes",
                     "rate_limit_per_minute",
                     "expires_at",
                     "revoked_at",
@@ -231,9 +243,6 @@ class ApiKeyAdmin(ScopedAdmin):
         "owner",
         "status_display",
         "environment",
-        "scopes_display",
-        "rate_limit_per_minute",
-        "expires_at",
         "revoked_at",
         "created_at",
         "last_used_at",
@@ -254,7 +263,11 @@ class ApiKeyAdmin(ScopedAdmin):
         return self.add_fieldsets if obj is None else self.change_fieldsets
 
     def get_readonly_fields(self, request, obj=None):
-        return [] if obj is None else self.change_readonly_fields
+        if obj is None:
+            return []
+        if obj.revoked_at is not None:  # a revoked key is kept as it was
+            return [*self.change_readonly_fields, *ApiKeyChangeForm.Meta.fields]
+        return self.change_readonly_fields
 
     def get_inlines(self, request, obj):
         return [] if obj is None else [ApiKeySecretInline]
@@ -302,8 +315,9 @@ class ApiKeyAdmin(ScopedAdmin):
     def save_model(self, request, obj, form, change):
         actor = caller_from_user(request.user)
         if change:
-            # Only the name is editable on an existing key.
-            services.api_key_rename(actor=actor, api_key=obj, name=obj.name)
+            changes = {field: form.cleaned_data[field] for field in form.changed_data}
+            if changes:
+                services.api_key_update(actor=actor, api_key=obj, **changes)
             return
         data = form.cleaned_data
         api_key, secret = services.api_key_create(

@@ -177,6 +177,7 @@ class EthSignatureAuthentication(BaseAuthentication):
             raise exceptions.PermissionDenied(
                 detail="This address has been deactivated", code="eth_identity_inactive"
             )
+        services.eth_identity_seen(identity)
         caller = Caller(
             kind="eth",
             label=identity.address,

@@ -42,6 +42,7 @@ from authkeys import selectors, usage
 from authkeys.models import ApiKeySecret
 from authkeys.ratelimit import GCRA_LUA, RateLimiter, RateLimitResult, get_rate_limiter, unenforced
 from authkeys.selectors import UNKNOWN, KeyInfo
+from hokusai_site.cache import ThreadScript
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def _script(limiter: RateLimiter):
         DAY_TTL=usage.DAY_KEY_TTL_SECONDS,
         LAST_USED_TTL=usage.LAST_USED_EVERY_SECONDS,
     )
-    return limiter.client.register_script(GCRA_LUA + usage.COUNT_LUA + source)
+    return ThreadScript(limiter.client, GCRA_LUA + usage.COUNT_LUA + source)
 
 
 def version_key(prefix: str) -> str:
@@ -148,7 +149,8 @@ def admit(*, prefix: str, digest: str, ip: str | None) -> Admission:
     if not isinstance(limiter, RateLimiter):
         return _admit_embedded(prefix, digest, ip, limiter)
     local = local_cache()
-    info, fresh = local.get(digest), False
+    held = info = local.get(digest)
+    fresh = False
     if info is None:
         try:
             info, fresh = _read_shared(prefix, digest, limiter.client)
@@ -179,7 +181,9 @@ def admit(*, prefix: str, digest: str, ip: str | None) -> Admission:
             return _admit_from_database(prefix, digest)
         version = reply[1].decode()
         if reply[0]:
-            local.put(digest, info if version == info.version else replace(info, version=version))
+            # Kept as it is when it was this process's already: its age must keep growing.
+            if info is not held or version != info.version:
+                local.put(digest, replace(info, version=version))
             if not usable:
                 return Admission(info)
             if reply[6]:

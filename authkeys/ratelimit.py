@@ -139,6 +139,7 @@ def headers(result: RateLimitResult) -> dict[str, str]:
     return values
 
 
+@functools.lru_cache(maxsize=4096)
 def subject_key(prefix: str, subject: str) -> str:
     """`<prefix>:<kind>:<hash>`: bounded length whatever the subject, kind kept for operators."""
     kind, sep, _ = subject.partition(":")
@@ -266,7 +267,7 @@ class RateLimiter(_GcraLimiter):
         # Wall-clock seconds (time.time-like); None = Redis's clock, shared by every process.
         self._clock = clock
         self._window_us = _window_micros(window_seconds)
-        self._script = client.register_script(_GCRA_SCRIPT)
+        self._script = cache.ThreadScript(client, _GCRA_SCRIPT)
         self._lock = threading.Lock()
         self._retry_at: float | None = None
 

@@ -69,6 +69,13 @@ def _check_scopes(*, actor: Caller, scopes: list[str]) -> list[str]:
     return sorted(set(scopes))
 
 
+def _check_expiry(expires_at: datetime | None) -> None:
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ApplicationError(
+            "expiry_in_past", "expires_at must be in the future.", extra={"field": "expires_at"}
+        )
+
+
 def _add_secret(api_key: ApiKey) -> str:
     # A prefix collision (8 random base62 characters) is astronomically rare; try again if so.
     for _attempt in range(5):
@@ -99,10 +106,7 @@ def api_key_create(
     """Returns the key row and the key itself, which is shown once and never stored."""
     if (owner_user_id is None) == (owner_identity_id is None):
         raise ValueError("an API key has exactly one owner")
-    if expires_at is not None and expires_at <= timezone.now():
-        raise ApplicationError(
-            "expiry_in_past", "expires_at must be in the future.", extra={"field": "expires_at"}
-        )
+    _check_expiry(expires_at)
     api_key = ApiKey.objects.create(
         name=name,
         owner_user_id=owner_user_id,
@@ -142,14 +146,36 @@ def api_key_rotate(
     return api_key, secret
 
 
+UPDATABLE_FIELDS = ("name", "scopes", "rate_limit_per_minute", "expires_at")
+
+
 @transaction.atomic
-def api_key_rename(*, actor: Caller, api_key: ApiKey, name: str) -> ApiKey:
-    old_name = ApiKey.objects.filter(pk=api_key.pk).values_list("name", flat=True).get()
-    if old_name != name:
-        api_key.name = name
-        # Only the name: a concurrent revoke or last-used update must not be overwritten.
-        api_key.save(update_fields=["name"])
-        audit.api_key_renamed(actor=actor, api_key=api_key, old_name=old_name)
+def api_key_update(*, actor: Caller, api_key: ApiKey, **changes) -> ApiKey:
+    """Changes a key's name, scopes, rate limit or expiry (any of them). Scopes stay within the
+    actor's own; every process applies the change from its next request on."""
+    unknown = set(changes) - set(UPDATABLE_FIELDS)
+    if unknown:
+        raise ValueError(f"not updatable: {', '.join(sorted(unknown))}")
+    api_key = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+    if api_key.revoked_at is not None:
+        raise ApplicationError("api_key_not_active", "A revoked key cannot be changed.", status=409)
+    if "scopes" in changes:
+        changes["scopes"] = _check_scopes(actor=actor, scopes=changes["scopes"])
+    _check_expiry(changes.get("expires_at"))
+    changed = {
+        field: (getattr(api_key, field), value)
+        for field, value in changes.items()
+        if getattr(api_key, field) != value
+    }
+    if not changed:
+        return api_key
+    for field, (_, new) in changed.items():
+        setattr(api_key, field, new)
+    # Only these fields: a concurrent last-used update must not be overwritten.
+    api_key.save(update_fields=list(changed))
+    if set(changed) != {"name"}:
+        keys_changed(pk=api_key.pk)
+    audit.api_key_updated(actor=actor, api_key=api_key, changes=changed)
     return api_key
 
 
@@ -181,6 +207,18 @@ def eth_nonce_consume(nonce: str) -> bool:
     """True exactly once per nonce we issued: the delete is atomic, so a replay racing the
     first use still loses."""
     return bool(cache.delete(NONCE_CACHE_KEY.format(nonce=nonce)))
+
+
+LAST_SEEN_EVERY = timedelta(minutes=1)
+
+
+def eth_identity_seen(identity: EthIdentity) -> None:
+    """Records a sign-in as `last_seen_at`, at most once a minute per identity."""
+    now = timezone.now()
+    if identity.last_seen_at is None or now - identity.last_seen_at >= LAST_SEEN_EVERY:
+        # update(), not save(): no signal, so the identity's keys are not re-published.
+        EthIdentity.objects.filter(pk=identity.pk).update(last_seen_at=now)
+        identity.last_seen_at = now
 
 
 def eth_identity_for_sign_in(address: str) -> EthIdentity | None:

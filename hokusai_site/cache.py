@@ -11,14 +11,16 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
+import threading
 import time
 
 import redis
 from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
 from django.core.cache.backends.redis import RedisCacheClient
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,41 @@ _last_warning = 0.0
 
 def no_retries() -> Retry:
     return Retry(NoBackoff(), 0)
+
+
+class ThreadScript:
+    """A Lua script run on a connection of the calling thread's own, for the request path.
+
+    Called like redis-py's `Script` (`script(keys=..., args=...)`), but without redis-py's client
+    and pool around the call: on this machine they cost ~50 µs of CPU per call, more than the
+    round trip itself (~30 µs), measured. A failed call drops the connection (a later call
+    connects again) and raises redis-py's error, as `Script` does.
+    """
+
+    def __init__(self, client: redis.Redis, source: str) -> None:
+        self.source = source
+        # SHA-1 is how Redis names scripts (EVALSHA), not a security measure.
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+        pool = client.connection_pool
+        self._connection_class = pool.connection_class
+        self._connection_kwargs = pool.connection_kwargs
+        self._local = threading.local()
+
+    def __call__(self, *, keys: list, args: list):
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._connection_class(**self._connection_kwargs)
+            self._local.connection = connection
+        try:
+            connection.send_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            try:
+                return connection.read_response()
+            except NoScriptError:  # Redis restarted or flushed its scripts: EVAL loads it again
+                connection.send_command("EVAL", self.source, len(keys), *keys, *args)
+                return connection.read_response()
+        except BaseException:
+            connection.disconnect()
+            raise
 
 
 def redis_client(url: str, *, timeout: float) -> redis.Redis:

@@ -3,6 +3,7 @@ the request id and client address of the request it happened in (when there is o
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from authkeys.principals import Caller
@@ -69,14 +70,25 @@ def api_key_revoked(*, actor: Caller, api_key) -> AuditLog:
     )
 
 
-def api_key_renamed(*, actor: Caller, api_key, old_name: str) -> AuditLog:
+def api_key_updated(*, actor: Caller, api_key, changes: dict[str, tuple]) -> AuditLog:
+    """`changes`: field -> (old, new)."""
     return record(
         actor=actor,
-        action="api_key.renamed",
+        action="api_key.updated",
         target_type="api_key",
         target_id=api_key.pk,
-        details={"prefix": api_key.current_prefix, "old": old_name, "new": api_key.name},
+        details={
+            "prefix": api_key.current_prefix,
+            "changes": {
+                field: {"old": _json_value(old), "new": _json_value(new)}
+                for field, (old, new) in changes.items()
+            },
+        },
     )
+
+
+def _json_value(value):
+    return value.isoformat() if isinstance(value, datetime) else value
 
 
 def eth_identity_saved(*, actor: Caller, identity, created: bool, changes: dict) -> AuditLog:

@@ -113,11 +113,40 @@ class KeysApi(APIView):
 
 class KeyDetailApi(APIView):
     permission_classes = [CanManageKeys]
-    required_scopes = {"GET": KEYS_MANAGE, "DELETE": KEYS_MANAGE}
+    required_scopes = {"GET": KEYS_MANAGE, "PATCH": KEYS_MANAGE, "DELETE": KEYS_MANAGE}
+
+    class UpdateInputSerializer(serializers.Serializer):
+        name = serializers.CharField(max_length=100, required=False)
+        scopes = serializers.ListField(
+            child=serializers.ChoiceField(choices=ALL_SCOPES),
+            allow_empty=False,
+            max_length=20,
+            required=False,
+        )
+        rate_limit_per_minute = serializers.IntegerField(
+            min_value=1, max_value=1_000_000, required=False
+        )
+        expires_at = serializers.DateTimeField(required=False, allow_null=True)
 
     @extend_schema(summary="One of your API keys", responses=KeyOutputSerializer)
     def get(self, request, key_id: int):
         return Response(KeyOutputSerializer(callers_key(request, key_id)).data)
+
+    @extend_schema(
+        summary="Change a key's name, scopes, rate limit or expiry (effective on the next request)",
+        request=UpdateInputSerializer,
+        responses=KeyOutputSerializer,
+    )
+    def patch(self, request, key_id: int):
+        serializer = self.UpdateInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        api_key = services.api_key_update(
+            actor=caller_of(request),
+            api_key=callers_key(request, key_id),
+            **serializer.validated_data,
+        )
+        api_key = ApiKey.objects.prefetch_related("secrets").get(pk=api_key.pk)
+        return Response(KeyOutputSerializer(api_key).data)
 
     @extend_schema(summary="Revoke an API key at once", responses=KeyOutputSerializer)
     def delete(self, request, key_id: int):

@@ -114,26 +114,43 @@ def test_key_change_form_shows_facts_but_never_the_hash(operator_client, owner, 
     page = response.content.decode()
     assert response.status_code == 200
     assert api_key.current_prefix in page
-    assert "models:read, predict" in page
+    checked = re.findall(r'name="scopes" value="([^"]+)"[^>]*checked', page)
+    assert checked == ["models:read", "predict"]
     assert secret.key_hash not in page
     assert "hash" not in page.lower()
     assert key not in page
 
 
-def test_only_the_name_can_be_edited_and_the_rename_is_audited(operator_client, owner, issue_key):
+def test_an_edit_goes_through_the_service_and_is_audited(operator_client, owner, issue_key):
     api_key, _ = issue_key(owner, ["models:read"])
     response = operator_client.post(
         f"{KEYS_ADMIN}{api_key.pk}/change/",
-        {"name": "renamed", "scopes": ["admin"], "rate_limit_per_minute": "1"},
+        {"name": "renamed", "scopes": ["models:read", "predict"], "rate_limit_per_minute": "9"},
     )
     assert response.status_code == 302
     api_key.refresh_from_db()
-    assert api_key.name == "renamed"
-    assert api_key.scopes == ["models:read"]
-    assert api_key.rate_limit_per_minute != 1
-    entry = AuditLog.objects.get(action="api_key.renamed")
-    assert entry.details["new"] == "renamed" and entry.details["old"] == "test key"
+    assert (api_key.name, api_key.scopes, api_key.rate_limit_per_minute) == (
+        "renamed",
+        ["models:read", "predict"],
+        9,
+    )
+    assert api_key.changed_at is not None
+    entry = AuditLog.objects.get(action="api_key.updated")
+    assert entry.details["changes"]["name"] == {"old": "test key", "new": "renamed"}
+    assert entry.details["changes"]["rate_limit_per_minute"] == {"old": 600, "new": 9}
     assert entry.actor_label == "operator"
+
+
+def test_a_revoked_key_is_read_only_in_the_admin(operator_client, owner, issue_key):
+    api_key, _ = issue_key(owner, ["models:read"])
+    services.api_key_revoke(actor=SYSTEM, api_key=api_key)
+    operator_client.post(
+        f"{KEYS_ADMIN}{api_key.pk}/change/",
+        {"name": "renamed", "scopes": ["admin"], "rate_limit_per_minute": "1"},
+    )
+    api_key.refresh_from_db()
+    assert (api_key.name, api_key.scopes) == ("test key", ["models:read"])
+    assert not AuditLog.objects.filter(action="api_key.updated").exists()
 
 
 # --- API keys: create, revoke, rotate ---------------------------------------------------------

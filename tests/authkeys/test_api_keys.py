@@ -362,3 +362,88 @@ def test_create_api_key_command_explains_bad_input(owner, arguments, message):
     with pytest.raises(CommandError, match=message):
         call_command("create_api_key", *base, *arguments)
     assert not ApiKey.objects.filter(name="cli").exists()
+
+
+# --- updates ----------------------------------------------------------------------------------
+
+
+def patch(client, key: str, key_id: int, body: dict):
+    return client.patch(
+        f"{KEYS_URL}/{key_id}", body, content_type="application/json", **bearer(key)
+    )
+
+
+# The change reaches the cached facts on commit, so this test commits.
+@pytest.mark.django_db(transaction=True)
+def test_narrowed_scopes_and_a_new_limit_apply_on_the_next_request(client, owner, issue_key):
+    api_key, key = issue_key(owner, ["keys:manage", "models:read"])
+    assert client.get(KEYS_URL, **bearer(key)).status_code == 200  # the facts are cached
+
+    narrowed = {"scopes": ["models:read"], "rate_limit_per_minute": 7}
+    response = patch(client, key, api_key.pk, narrowed)
+
+    assert response.status_code == 200
+    assert response.json()["scopes"] == ["models:read"]
+    assert response.json()["rate_limit_per_minute"] == 7
+    following = client.get(KEYS_URL, **bearer(key))
+    assert code_of(following) == "insufficient_scope"
+    assert following["X-RateLimit-Limit"] == "7"
+    entry = AuditLog.objects.get(action="api_key.updated")
+    assert entry.details["changes"] == {
+        "scopes": {"old": ["keys:manage", "models:read"], "new": ["models:read"]},
+        "rate_limit_per_minute": {"old": 600, "new": 7},
+    }
+
+
+def test_an_update_cannot_grant_scopes_the_caller_lacks(client, owner, issue_key):
+    api_key, key = issue_key(owner, ["keys:manage"])
+    response = patch(client, key, api_key.pk, {"scopes": ["keys:manage", "models:write"]})
+    assert response.status_code == 403
+    assert code_of(response) == "scope_not_held"
+    api_key.refresh_from_db()
+    assert api_key.scopes == ["keys:manage"]
+    assert not AuditLog.objects.filter(action="api_key.updated").exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"expires_at": "2001-01-01T00:00:00Z"}, 400, "expiry_in_past"),
+        ({"scopes": ["no:such"]}, 400, "validation_error"),
+        ({"scopes": []}, 400, "validation_error"),
+        ({"rate_limit_per_minute": 0}, 400, "validation_error"),
+        ({"name": "x" * 101}, 400, "validation_error"),
+    ],
+)
+def test_a_bad_update_changes_nothing(client, owner, issue_key, body, status, code):
+    api_key, key = issue_key(owner, ["keys:manage"])
+    response = patch(client, key, api_key.pk, body)
+    assert (response.status_code, code_of(response)) == (status, code)
+    unchanged = ApiKey.objects.get(pk=api_key.pk)
+    assert (unchanged.name, unchanged.scopes, unchanged.expires_at) == (
+        "test key",
+        ["keys:manage"],
+        None,
+    )
+
+
+def test_a_revoked_key_cannot_be_changed_and_others_keys_are_404(
+    client, owner, outsider, issue_key
+):
+    _, key = issue_key(owner, ["keys:manage"])
+    revoked, _ = issue_key(owner, ["models:read"])
+    services.api_key_revoke(actor=SYSTEM, api_key=revoked)
+    theirs, _ = issue_key(outsider, ["models:read"])
+    response = patch(client, key, revoked.pk, {"name": "again"})
+    assert (response.status_code, code_of(response)) == (409, "api_key_not_active")
+    assert patch(client, key, theirs.pk, {"name": "mine"}).status_code == 404
+    assert ApiKey.objects.get(pk=theirs.pk).name == "test key"
+
+
+def test_renaming_alone_is_audited_without_republishing(client, owner, issue_key):
+    api_key, key = issue_key(owner, ["keys:manage"])
+    assert patch(client, key, api_key.pk, {"name": "ci"}).json()["name"] == "ci"
+    api_key.refresh_from_db()
+    assert api_key.changed_at is None  # nothing that matters to authentication changed
+    entry = AuditLog.objects.get(action="api_key.updated")
+    assert entry.details["changes"] == {"name": {"old": "test key", "new": "ci"}}

@@ -210,3 +210,22 @@ def test_each_address_has_its_own_rate_limit(client, wallet):
     assert code_of(refused) == "rate_limited"
     other = Account.create()
     assert client.get(KEYS_URL, **signed_headers(client, other)).status_code == 200
+
+
+def test_a_sign_in_records_when_the_address_was_last_seen_at_most_once_a_minute(
+    client, wallet, django_assert_num_queries
+):
+    assert client.get(KEYS_URL, **signed_headers(client, wallet)).status_code == 200
+    identity = EthIdentity.objects.get(address=wallet.address)
+    first_seen = identity.last_seen_at
+    assert first_seen is not None
+    assert client.get(KEYS_URL, **signed_headers(client, wallet)).status_code == 200
+    identity.refresh_from_db()
+    assert identity.last_seen_at == first_seen
+
+    EthIdentity.objects.filter(pk=identity.pk).update(
+        last_seen_at=first_seen - timedelta(minutes=2)
+    )
+    assert client.get(KEYS_URL, **signed_headers(client, wallet)).status_code == 200
+    identity.refresh_from_db()
+    assert identity.last_seen_at > first_seen

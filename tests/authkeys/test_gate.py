@@ -137,3 +137,11 @@ def test_the_beat_publishes_recent_changes_every_minute():
     entry = settings.CELERY_BEAT_SCHEDULE["republish-api-key-changes"]
     assert entry == {"task": "authkeys.republish_key_changes", "schedule": 60.0}
     assert "authkeys.republish_key_changes" in app.tasks
+
+
+def test_using_a_held_key_does_not_make_its_facts_younger(client, owner, issue_key):
+    _, key = issue_key(owner, ["keys:manage"])
+    assert client.get(KEYS_URL, **bearer(key)).status_code == 200
+    (entry,) = gate.local_cache()._entries.values()
+    assert client.get(KEYS_URL, **bearer(key)).status_code == 200
+    assert gate.local_cache()._entries[next(iter(gate.local_cache()._entries))] is entry
