@@ -29,6 +29,11 @@ from registry import audit
 SCOPE_CHOICES = [(scope, scope) for scope in ALL_SCOPES]
 
 
+def holds(request: HttpRequest, scope: str) -> bool:
+    user = request.user
+    return user.is_active and user.is_staff and caller_from_user(user).has_scope(scope)
+
+
 class ScopedAdmin(admin.ModelAdmin):
     """Admin pages ask for the same scopes as the API, through `caller_from_user` (a staff
     session holds `admin`), instead of Django's per-model permissions: an operator who may do
@@ -38,8 +43,7 @@ class ScopedAdmin(admin.ModelAdmin):
     change_scope: str = ADMIN
 
     def _holds(self, request: HttpRequest, scope: str) -> bool:
-        user = request.user
-        return user.is_active and user.is_staff and caller_from_user(user).has_scope(scope)
+        return holds(request, scope)
 
     def has_module_permission(self, request):
         return self._holds(request, self.view_scope)
@@ -52,6 +56,37 @@ class ScopedAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return self._holds(request, self.change_scope)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class ReadOnlyAdmin(ScopedAdmin):
+    """For rows written only by services and tasks: visible to operators, never edited here."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class ReadOnlyInline(admin.TabularInline):
+    """Rows shown under their parent to whoever may view it there (by scope, as ScopedAdmin),
+    never added, changed or deleted here."""
+
+    view_scope: str = ADMIN
+    extra = 0
+    can_delete = False
+
+    def has_view_permission(self, request, obj=None):
+        return holds(request, self.view_scope)
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
 
     def has_delete_permission(self, request, obj=None):
         return False
@@ -165,29 +200,18 @@ class OwnerTypeFilter(admin.SimpleListFilter):
         return queryset
 
 
-class ApiKeySecretInline(admin.TabularInline):
+class ApiKeySecretInline(ReadOnlyInline):
     """The key's secrets by their public prefix: during a rotation's grace period there are two.
     Never the hash."""
 
     model = ApiKeySecret
     fields = ["prefix", "created_at", "valid_until"]
     readonly_fields = fields
-    extra = 0
-    can_delete = False
     verbose_name = "secret"
     verbose_name_plural = "secrets (public prefixes only)"
 
     def get_queryset(self, request):
         return super().get_queryset(request).only("api_key", "prefix", "created_at", "valid_until")
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(ApiKey)

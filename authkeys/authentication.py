@@ -106,6 +106,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             identity_id=info.owner_identity_id,
             key_id=info.key_id,
             is_staff=info.owner_is_staff,
+            key_owner=info.owner_label,
         )
         return caller, ApiKeyCredentials(info, admission.rate_limit)
 

@@ -17,6 +17,8 @@ class Caller:
     identity_id: int | None = None
     key_id: int | None = None
     is_staff: bool = False
+    # Who a key belongs to (username or address); "" for every other kind of caller.
+    key_owner: str = ""
 
     # What Django and DRF ask of request.user.
     is_authenticated = True
@@ -26,6 +28,11 @@ class Caller:
     @property
     def pk(self) -> int | None:
         return self.user_id
+
+    @property
+    def identity(self) -> str:
+        """Who is calling, as a person or wallet: a key's owner, else the label."""
+        return self.key_owner or self.label
 
     def has_scope(self, scope: str) -> bool:
         return scope_names.grants(self.scopes, scope)

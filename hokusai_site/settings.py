@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -242,6 +243,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE = {
     "flush-api-key-usage": {"task": "authkeys.flush_usage", "schedule": 60.0},
     "republish-api-key-changes": {"task": "authkeys.republish_key_changes", "schedule": 60.0},
+    "sync-registry": {"task": "registry.sync", "schedule": 300.0},
 }
 # How often each worker records that it is alive (the health check reads these rows).
 CELERY_WORKER_HEARTBEAT_SECONDS = _positive("CELERY_WORKER_HEARTBEAT_SECONDS", float, 10.0)
@@ -260,10 +262,35 @@ if MLFLOW_FALLBACK_IP:
             f"MLFLOW_FALLBACK_IP must be an IP address; got {MLFLOW_FALLBACK_IP!r}"
         ) from exc
 DNS_CACHE_TTL = _positive("DNS_CACHE_TTL", int, 300)
+# The MLflow proxy (registry/proxy.py): an unreachable MLflow is a 502 within the connect
+# timeout (which also bounds each write of a body); a silent one is a 504 after the read timeout.
+MLFLOW_PROXY_CONNECT_TIMEOUT = _positive("MLFLOW_PROXY_CONNECT_TIMEOUT", float, 5.0)
+MLFLOW_PROXY_READ_TIMEOUT = _positive("MLFLOW_PROXY_READ_TIMEOUT", float, 300.0)
+# Artifact uploads through the proxy stream; larger ones get 413 (chunked ones once they pass it).
+MLFLOW_PROXY_MAX_UPLOAD_BYTES = _positive("MLFLOW_PROXY_MAX_UPLOAD_BYTES", int, 5 * 1024**3)
 
 # --- Health checks -----------------------------------------------------------------------------
 # Each dependency check gives up after this long, so a hung dependency never hangs /api/v1/health.
 HEALTH_CHECK_TIMEOUT_SECONDS = _positive("HEALTH_CHECK_TIMEOUT_SECONDS", float, 2.0)
+
+# --- Data contributions ------------------------------------------------------------------------
+# Where they are kept is the "contributions" entry of STORAGES (the Storage section below).
+# A larger file or set of rows gets 413, before it is read when Content-Length says so.
+HOKUSAI_CONTRIBUTION_MAX_BYTES = _positive("HOKUSAI_CONTRIBUTION_MAX_BYTES", int, 100 * 1024**2)
+# JSON rows are parsed in memory: at most this many, in a body within MAX_REQUEST_BODY_BYTES.
+HOKUSAI_CONTRIBUTION_MAX_ROWS = _positive("HOKUSAI_CONTRIBUTION_MAX_ROWS", int, 10_000)
+# One S3 request (a part of a large upload) gives up after this long: 503, nothing recorded.
+HOKUSAI_CONTRIBUTION_STORAGE_TIMEOUT_SECONDS = _positive(
+    "HOKUSAI_CONTRIBUTION_STORAGE_TIMEOUT_SECONDS", float, 30.0
+)
+
+# --- Registry ----------------------------------------------------------------------------------
+# One REST call to MLflow (registration, sync) gives up after this long: 503, nothing written.
+MLFLOW_REQUEST_TIMEOUT_SECONDS = _positive("MLFLOW_REQUEST_TIMEOUT_SECONDS", float, 10.0)
+# How long a registration waits for MLflow to report the new version READY.
+HOKUSAI_REGISTRATION_READY_TIMEOUT_SECONDS = _positive(
+    "HOKUSAI_REGISTRATION_READY_TIMEOUT_SECONDS", float, 60.0
+)
 
 # --- Webhooks (delivery lands in the webhooks issue; the names keep the original meaning) ------
 WEBHOOK_TIMEOUT = _positive("WEBHOOK_TIMEOUT", float, 10.0)
@@ -272,7 +299,19 @@ ENABLE_REDIS_FALLBACK = _bool("ENABLE_REDIS_FALLBACK", False)
 # --- Storage: S3 through django-storages when a bucket is set, local files otherwise -----------
 AWS_REGION = _typed("AWS_REGION", str, "us-east-1")
 AWS_STORAGE_BUCKET_NAME = _typed("AWS_STORAGE_BUCKET_NAME", str, "").strip()
-AWS_S3_ENDPOINT_URL = _typed("AWS_S3_ENDPOINT_URL", str, "").strip() or None
+if AWS_STORAGE_BUCKET_NAME and not re.fullmatch(
+    r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", AWS_STORAGE_BUCKET_NAME
+):
+    raise ImproperlyConfigured(
+        "AWS_STORAGE_BUCKET_NAME must be an S3 bucket name (3 to 63 lower-case letters, digits, "
+        f"dots and hyphens); got {AWS_STORAGE_BUCKET_NAME!r}"
+    )
+# An S3-compatible server instead of AWS (MinIO, Ceph, a test server).
+AWS_S3_ENDPOINT_URL = (
+    _url("AWS_S3_ENDPOINT_URL", "", ("http", "https"))
+    if os.environ.get("AWS_S3_ENDPOINT_URL")
+    else None
+)
 AWS_S3_REGION_NAME = AWS_REGION
 AWS_DEFAULT_ACL = None
 AWS_S3_FILE_OVERWRITE = False
@@ -280,6 +319,32 @@ MEDIA_ROOT = VAR_DIR / "media"
 MEDIA_URL = "/media/"
 STATIC_ROOT = VAR_DIR / "static"
 STATIC_URL = "/static/"
+if AWS_STORAGE_BUCKET_NAME:
+    # Imported only here: botocore takes ~0.2 s to import and only S3 deployments use it.
+    from botocore.config import Config
+
+    _contributions_storage = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": AWS_STORAGE_BUCKET_NAME,
+            "endpoint_url": AWS_S3_ENDPOINT_URL,
+            "region_name": AWS_REGION,
+            # Each upload gets a key of its own, so no existence check (a HEAD) before writing.
+            "file_overwrite": True,
+            "client_config": Config(
+                connect_timeout=HOKUSAI_CONTRIBUTION_STORAGE_TIMEOUT_SECONDS,
+                read_timeout=HOKUSAI_CONTRIBUTION_STORAGE_TIMEOUT_SECONDS,
+                retries={"mode": "standard", "max_attempts": 3},
+                # S3-compatible servers answer path-style requests without DNS for each bucket.
+                s3={"addressing_style": "path" if AWS_S3_ENDPOINT_URL else "auto"},
+            ),
+        },
+    }
+else:
+    _contributions_storage = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": MEDIA_ROOT},
+    }
 STORAGES = {
     "default": (
         {"BACKEND": "storages.backends.s3.S3Storage"}
@@ -293,6 +358,8 @@ STORAGES = {
             else "django.contrib.staticfiles.storage.StaticFilesStorage"
         )
     },
+    # Data contributions (registry/contributions.py), under contributions/<model_id>/.
+    "contributions": _contributions_storage,
 }
 # Dev and tests serve admin assets straight from the apps, so no collectstatic is needed.
 WHITENOISE_USE_FINDERS = not IS_PRODUCTION

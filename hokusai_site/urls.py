@@ -4,6 +4,8 @@ from django_prometheus.exports import ExportToDjangoView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from hokusai_site import views
+from registry import proxy
+from registry.api.urls import compatibility_urlpatterns
 
 admin.site.site_header = "Hokusai administration"
 admin.site.site_title = "Hokusai admin"
@@ -14,6 +16,7 @@ api_v1 = [
     path("schema", SpectacularAPIView.as_view(), name="schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="api-v1:schema"), name="docs"),
     path("", include("authkeys.api.urls")),
+    path("", include("registry.api.urls")),
 ]
 
 urlpatterns = [
@@ -21,6 +24,9 @@ urlpatterns = [
     path("version", views.VersionApi.as_view(), name="version"),
     path("metrics", ExportToDjangoView, name="metrics"),
     path("api/v1/", include((api_v1, "api-v1"))),
+    *compatibility_urlpatterns,
+    # The MLflow proxy: /mlflow/ (the UI), /api/mlflow/, /api/2.0/mlflow/, /ajax-api/2.0/, …
+    *proxy.urlpatterns,
     path("admin/", admin.site.urls),
     # Unknown API routes answer in the error shape even with DEBUG on (Django's debug 404 page
     # would otherwise replace handler404).

@@ -79,12 +79,42 @@ def api_key_updated(*, actor: Caller, api_key, changes: dict[str, tuple]) -> Aud
         target_id=api_key.pk,
         details={
             "prefix": api_key.current_prefix,
-            "changes": {
-                field: {"old": _json_value(old), "new": _json_value(new)}
-                for field, (old, new) in changes.items()
-            },
+            "changes": _changes(changes),
         },
     )
+
+
+def model_version_registered(*, actor: Caller, version) -> AuditLog:
+    return record(
+        actor=actor,
+        action="model.version_registered",
+        target_type="model",
+        target_id=version.model.model_id,
+        details={
+            "name": version.model.name,
+            "version": version.version,
+            "run_id": version.run_id,
+            "source": version.source,
+        },
+    )
+
+
+def model_updated(*, actor: Caller, model, changes: dict[str, tuple]) -> AuditLog:
+    """`changes`: field -> (old, new)."""
+    return record(
+        actor=actor,
+        action="model.updated",
+        target_type="model",
+        target_id=model.model_id,
+        details={"changes": _changes(changes)},
+    )
+
+
+def _changes(changes: dict[str, tuple]) -> dict:
+    return {
+        field: {"old": _json_value(old), "new": _json_value(new)}
+        for field, (old, new) in changes.items()
+    }
 
 
 def _json_value(value):
@@ -98,4 +128,21 @@ def eth_identity_saved(*, actor: Caller, identity, created: bool, changes: dict)
         target_type="eth_identity",
         target_id=identity.pk,
         details={"address": identity.address, **changes},
+    )
+
+
+def contribution_received(*, actor: Caller, contribution) -> AuditLog:
+    return record(
+        actor=actor,
+        action="contribution.received",
+        target_type="contribution",
+        target_id=contribution.pk,
+        details={
+            "model": contribution.model.model_id,
+            "size": contribution.size,
+            "sha256": contribution.sha256,
+            "content_type": contribution.content_type,
+            "original_name": contribution.original_name,
+            "storage_name": contribution.storage_name,
+        },
     )

@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import json
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import urllib3
 from django.conf import settings
 
-from hokusai_site.dns import Resolution, get_resolver
+from hokusai_site.dns import DnsResolutionError, Resolution, get_resolver
 
 _pools: dict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = {}
 _pools_lock = threading.Lock()
@@ -66,20 +68,195 @@ def _pool(target: Upstream, address: str) -> urllib3.HTTPConnectionPool:
         return pool
 
 
-def request(
-    method: str, path: str, *, timeout: float, headers: dict[str, str] | None = None, **kwargs
+def _urlopen(
+    method: str,
+    path: str,
+    *,
+    timeout: urllib3.Timeout,
+    headers: dict[str, str] | None = None,
+    **kwargs,
 ) -> urllib3.BaseHTTPResponse:
-    """One HTTP request to the tracking server; never retries and never follows redirects."""
     target, resolution = resolve_upstream()
     return _pool(target, resolution.address).urlopen(
         method,
         target.base_path + path,
         headers={"Host": target.host_header, **(headers or {})},
-        timeout=urllib3.Timeout(connect=timeout, read=timeout),
+        timeout=timeout,
         retries=False,
         redirect=False,
         **kwargs,
     )
+
+
+def request(
+    method: str, path: str, *, timeout: float, headers: dict[str, str] | None = None, **kwargs
+) -> urllib3.BaseHTTPResponse:
+    """One HTTP request to the tracking server; never retries and never follows redirects."""
+    timeouts = urllib3.Timeout(connect=timeout, read=timeout)
+    return _urlopen(method, path, timeout=timeouts, headers=headers, **kwargs)
+
+
+def stream(
+    method: str,
+    path: str,
+    *,
+    headers: dict[str, str],
+    body: Iterable[bytes] | None,
+    connect_timeout: float,
+    read_timeout: float,
+) -> urllib3.BaseHTTPResponse:
+    """A request whose body is sent as it is produced and whose response is read by the caller.
+
+    Without a Content-Length in `headers` a body goes out chunked. The response is neither
+    preloaded nor decoded (bytes pass through as MLflow sent them); the caller reads it and
+    then calls `release_conn()`, after `close()` if it stopped before the end.
+    """
+    return _urlopen(
+        method,
+        path,
+        timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+        headers=headers,
+        body=body,
+        preload_content=False,
+        decode_content=False,
+    )
+
+
+class MlflowUnavailable(Exception):
+    """MLflow did not answer usefully: down, timed out, DNS failed, or a 5xx."""
+
+
+class MlflowError(Exception):
+    """MLflow answered with a client error: `error_code` is MLflow's (RESOURCE_DOES_NOT_EXIST…)."""
+
+    def __init__(self, status: int, error_code: str, message: str) -> None:
+        super().__init__(f"{status} {error_code}: {message}")
+        self.status = status
+        self.error_code = error_code
+        self.message = message
+
+
+def call(
+    method: str, endpoint: str, *, params: dict | None = None, body: dict | None = None
+) -> dict:
+    """One call of MLflow's REST API (`/api/2.0/mlflow/<endpoint>`), JSON in and out."""
+    path = f"/api/2.0/mlflow/{endpoint}"
+    if params:
+        path += "?" + urlencode(params)
+    try:
+        response = request(
+            method,
+            path,
+            timeout=settings.MLFLOW_REQUEST_TIMEOUT_SECONDS,
+            headers={"Content-Type": "application/json"},
+            body=None if body is None else json.dumps(body),
+        )
+        data = json.loads(response.data or b"{}")
+    except (urllib3.exceptions.HTTPError, OSError, DnsResolutionError, ValueError) as exc:
+        raise MlflowUnavailable(f"{method} {endpoint}: {exc}") from exc
+    if response.status >= 500:
+        raise MlflowUnavailable(f"{method} {endpoint}: HTTP {response.status}")
+    if response.status >= 400:
+        raise MlflowError(response.status, data.get("error_code", ""), data.get("message", ""))
+    return data
+
+
+def get_run(run_id: str) -> dict | None:
+    try:
+        return call("GET", "runs/get", params={"run_id": run_id})["run"]
+    except MlflowError as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or exc.status == 404:
+            return None
+        raise
+
+
+def list_artifacts(run_id: str, path: str) -> list[dict]:
+    return call("GET", "artifacts/list", params={"run_id": run_id, "path": path}).get("files", [])
+
+
+def get_logged_model(model_id: str) -> dict | None:
+    try:
+        return call("GET", f"logged-models/{model_id}")["model"]
+    except MlflowError as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or exc.status == 404:
+            return None
+        raise
+
+
+def logged_models_of_run(run: dict, name: str) -> list[dict]:
+    """The run's logged models (MLflow 3) called `name`."""
+    found, page_token = [], None
+    while True:
+        body = {
+            "experiment_ids": [run["info"]["experiment_id"]],
+            "filter": f"name = '{name}'",
+            **({"page_token": page_token} if page_token else {}),
+        }
+        page = call("POST", "logged-models/search", body=body)
+        found += [
+            model
+            for model in page.get("models", [])
+            if model["info"].get("source_run_id") == run["info"]["run_id"]
+        ]
+        page_token = page.get("next_page_token")
+        if not page_token:
+            return found
+
+
+def ensure_registered_model(name: str) -> None:
+    try:
+        call("POST", "registered-models/create", body={"name": name})
+    except MlflowError as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+def search_model_versions(filter_string: str = "") -> list[dict]:
+    """Every version matching the filter (all versions without one)."""
+    found, page_token = [], None
+    while True:
+        params = {"max_results": 200, **({"filter": filter_string} if filter_string else {})}
+        if page_token:
+            params["page_token"] = page_token
+        page = call("GET", "model-versions/search", params=params)
+        found += page.get("model_versions", [])
+        page_token = page.get("next_page_token")
+        if not page_token:
+            return found
+
+
+def create_model_version(
+    *, name: str, source: str, run_id: str, model_id: str | None, tags: dict[str, str]
+) -> dict:
+    body = {
+        "name": name,
+        "source": source,
+        "run_id": run_id,
+        "tags": [{"key": k, "value": v} for k, v in tags.items()],
+    }
+    if model_id:
+        body["model_id"] = model_id
+    return call("POST", "model-versions/create", body=body)["model_version"]
+
+
+def get_model_version(name: str, version: str) -> dict | None:
+    try:
+        return call("GET", "model-versions/get", params={"name": name, "version": version})[
+            "model_version"
+        ]
+    except MlflowError as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or exc.status == 404:
+            return None
+        raise
+
+
+def set_model_version_tags(name: str, version: str, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        call(
+            "POST",
+            "model-versions/set-tag",
+            body={"name": name, "version": version, "key": key, "value": value},
+        )
 
 
 def server_is_healthy(*, timeout: float) -> bool:
@@ -90,7 +267,11 @@ def server_is_healthy(*, timeout: float) -> bool:
 
 # MLflow 3's server otherwise starts a job runner and several worker processes (about 2.4 GiB
 # and 40 s of CPU at start-up, plus a directory left in /dev/shm) for features we do not use.
-SERVER_ENVIRONMENT = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+# Its usage telemetry (calls to a host outside ours) is off as well.
+SERVER_ENVIRONMENT = {
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
 
 
 def server_command(

@@ -22,6 +22,10 @@ from hokusai_site.dns import reset_resolver
 from migrations import mlflow_schema
 from registry import mlflow
 
+# Tests talk to loopback only: the MLflow client in this process and every subprocess inherit it.
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["DO_NOT_TRACK"] = "true"
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 

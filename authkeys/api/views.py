@@ -12,7 +12,7 @@ from authkeys.models import ApiKey
 from authkeys.permissions import CanManageKeys
 from authkeys.principals import Caller, caller_of
 from authkeys.scopes import ALL_SCOPES, KEYS_MANAGE
-from hokusai_site.pagination import BoundedPageNumberPagination
+from hokusai_site.pagination import paginated_response
 
 
 def owned_by(caller: Caller) -> Q:
@@ -92,9 +92,9 @@ class KeysApi(APIView):
             .select_related("owner_user", "owner_identity")
             .order_by("-created_at", "-id")
         )
-        paginator = BoundedPageNumberPagination()
-        page = paginator.paginate_queryset(keys, request, view=self)
-        return paginator.get_paginated_response(KeyOutputSerializer(page, many=True).data)
+        return paginated_response(
+            request, self, keys, lambda page: KeyOutputSerializer(page, many=True).data
+        )
 
     @extend_schema(
         summary="Create an API key (the key is in this response only)",

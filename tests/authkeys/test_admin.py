@@ -114,6 +114,7 @@ def test_key_change_form_shows_facts_but_never_the_hash(operator_client, owner, 
     page = response.content.decode()
     assert response.status_code == 200
     assert api_key.current_prefix in page
+    assert "secrets (public prefixes only)" in page.lower()  # the inline is shown
     checked = re.findall(r'name="scopes" value="([^"]+)"[^>]*checked', page)
     assert checked == ["models:read", "predict"]
     assert secret.key_hash not in page
@@ -121,11 +122,27 @@ def test_key_change_form_shows_facts_but_never_the_hash(operator_client, owner, 
     assert key not in page
 
 
+def secrets_inline_management_form(api_key) -> dict:
+    """What the change form posts for its read-only secrets inline."""
+    count = str(api_key.secrets.count())
+    return {
+        "secrets-TOTAL_FORMS": count,
+        "secrets-INITIAL_FORMS": count,
+        "secrets-MIN_NUM_FORMS": "0",
+        "secrets-MAX_NUM_FORMS": "1000",
+    }
+
+
 def test_an_edit_goes_through_the_service_and_is_audited(operator_client, owner, issue_key):
     api_key, _ = issue_key(owner, ["models:read"])
     response = operator_client.post(
         f"{KEYS_ADMIN}{api_key.pk}/change/",
-        {"name": "renamed", "scopes": ["models:read", "predict"], "rate_limit_per_minute": "9"},
+        {
+            "name": "renamed",
+            "scopes": ["models:read", "predict"],
+            "rate_limit_per_minute": "9",
+            **secrets_inline_management_form(api_key),
+        },
     )
     assert response.status_code == 302
     api_key.refresh_from_db()
@@ -146,7 +163,12 @@ def test_a_revoked_key_is_read_only_in_the_admin(operator_client, owner, issue_k
     services.api_key_revoke(actor=SYSTEM, api_key=api_key)
     operator_client.post(
         f"{KEYS_ADMIN}{api_key.pk}/change/",
-        {"name": "renamed", "scopes": ["admin"], "rate_limit_per_minute": "1"},
+        {
+            "name": "renamed",
+            "scopes": ["admin"],
+            "rate_limit_per_minute": "1",
+            **secrets_inline_management_form(api_key),
+        },
     )
     api_key.refresh_from_db()
     assert (api_key.name, api_key.scopes) == ("test key", ["models:read"])

@@ -447,3 +447,14 @@ def test_renaming_alone_is_audited_without_republishing(client, owner, issue_key
     assert api_key.changed_at is None  # nothing that matters to authentication changed
     entry = AuditLog.objects.get(action="api_key.updated")
     assert entry.details["changes"] == {"name": {"old": "test key", "new": "ci"}}
+
+
+def test_a_login_does_not_republish_the_users_keys(client, owner, issue_key):
+    api_key, _ = issue_key(owner, ["keys:manage"])
+    client.login(username="owner", password="pw-owner-123")  # saves last_login only
+    api_key.refresh_from_db()
+    assert api_key.changed_at is None
+    owner.is_active = False
+    owner.save(update_fields=["is_active"])
+    api_key.refresh_from_db()
+    assert api_key.changed_at is not None

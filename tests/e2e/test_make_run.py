@@ -2,6 +2,7 @@
 named, and Ctrl-C stops everything."""
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -29,6 +30,77 @@ def processes_with_env(key: str, value: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def manage(env: dict, *arguments: str) -> str:
+    return subprocess.run(
+        [str(REPO_ROOT / ".venv" / "bin" / "python"), "manage.py", *arguments],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+
+
+def register_a_model(http: urllib3.PoolManager, base_url: str, mlflow_port: int, env: dict):
+    """The registry on the embedded default (SQLite, local MLflow store): a model logged with
+    the MLflow client, registered through the API with a key made by the management command."""
+    manage(
+        env,
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User; User.objects.create_user('e2e')",
+    )
+    printed = manage(
+        env,
+        "create_api_key",
+        "--name",
+        "e2e",
+        "--scopes",
+        "models:read,models:write",
+        "--user",
+        "e2e",
+    )
+    key = re.search(r"hk_live_\w+", printed).group(0)
+    logged = subprocess.run(
+        [str(REPO_ROOT / ".venv" / "bin" / "python"), "-c", LOG_MODEL],
+        env={**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    run_id = logged.stdout.split()[-1]
+    payload = {
+        "model_name": "E2E churn",
+        "token_symbol": "E2E",
+        "model_uri": f"runs:/{run_id}/model",
+        "metric_name": "accuracy",
+        "baseline_value": 0.5,
+        "current_value": 0.75,
+    }
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "e2e-1"}
+    created = http.request(
+        "POST", f"{base_url}/api/v1/models/register", json=payload, headers=headers
+    )
+    assert created.status == 201, created.data
+    again = http.request(
+        "POST", f"{base_url}/api/v1/models/register", json=payload, headers=headers
+    )
+    assert again.json() == created.json()
+    model = http.request("GET", f"{base_url}/api/v1/models/e2e", headers=headers).json()
+    assert (model["status"], model["latest_version"]["version"]) == ("ready_to_deploy", 1)
+
+
+LOG_MODEL = """
+import mlflow
+from sklearn.linear_model import LogisticRegression
+with mlflow.start_run() as run:
+    mlflow.sklearn.log_model(LogisticRegression().fit([[0], [1]], [0, 1]), name="model")
+print(run.info.run_id)
+"""
 
 
 def test_make_run_serves_health_and_stops_cleanly_on_ctrl_c(tmp_path):
@@ -78,6 +150,8 @@ def test_make_run_serves_health_and_stops_cleanly_on_ctrl_c(tmp_path):
         assert not_found.status == 404
         assert not_found.headers["Content-Type"] == "application/problem+json"
         assert not_found.json()["code"] == "not_found"
+
+        register_a_model(http, f"http://127.0.0.1:{web_port}", mlflow_port, env)
 
         # gunicorn's workers share their counters through the multiprocess directory.
         metrics = http.request("GET", f"http://127.0.0.1:{web_port}/metrics").data.decode()

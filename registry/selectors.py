@@ -1,0 +1,61 @@
+"""Reading the registry."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db.models import Prefetch, Q, QuerySet
+
+from registry.models import AuditLog, Model, ModelVersion
+
+
+def models_list(
+    *,
+    token_symbol: str | None = None,
+    owner: str | None = None,
+    search: str | None = None,
+    status: str | None = None,
+) -> QuerySet[Model]:
+    """Every registered model (the registry is readable by any `models:read` caller), with
+    each one's versions prefetched newest first."""
+    models = Model.objects.select_related("owner_user", "owner_identity").prefetch_related(
+        Prefetch("versions", queryset=ModelVersion.objects.order_by("-version"))
+    )
+    if token_symbol:
+        models = models.filter(token_symbol=token_symbol.upper())
+    if owner:
+        models = models.filter(
+            Q(owner_user__username=owner) | Q(owner_identity__address__iexact=owner)
+        )
+    if search:
+        models = models.filter(name__icontains=search)
+    if status:
+        models = models.filter(status=status)
+    return models.order_by("model_id")
+
+
+def model_versions(model: Model) -> QuerySet[ModelVersion]:
+    return model.versions.order_by("-version")
+
+
+def audit_log(
+    *,
+    action: str | None = None,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    actor: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> QuerySet[AuditLog]:
+    entries = AuditLog.objects.all()
+    filters = {
+        "action": action,
+        "target_type": target_type,
+        "target_id": target_id,
+        "actor_label": actor,
+        "created_at__gte": since,
+        "created_at__lt": until,
+    }
+    return entries.filter(**{k: v for k, v in filters.items() if v is not None}).order_by(
+        "-created_at", "-id"
+    )
