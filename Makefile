@@ -70,6 +70,7 @@ bench: venv
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(PY) bench/health.py
 	$(PY) bench/auth.py
+	$(PY) bench/registry.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

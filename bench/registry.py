@@ -1,0 +1,613 @@
+"""What the MLflow proxy costs, side by side with MLflow itself, in one run:
+
+(a) registrations/s through POST /api/v1/models/register (API key) vs
+    MlflowClient.create_model_version straight to MLflow, each a new version of one registered
+    model from a logged model of its own, 4 clients at once (target: ratio >= 0.7);
+(b) requests/s of GET /api/2.0/mlflow/registered-models/get through the proxy (API key) vs
+    straight to MLflow, wrk at concurrency 8 (target: ratio >= 0.8);
+(c) MB/s of a 500 MB artifact download through the proxy vs straight from MLflow, with the peak
+    memory of the serving processes (target: ratio >= 0.8, the proxy's memory flat).
+
+Everything runs on loopback with the production settings: a dedicated PostgreSQL database,
+Redis db 11, `manage.py mlflow_server` with its default workers, one gunicorn with the config
+file's worker model.
+
+    .venv/bin/python bench/registry.py [--duration 10] [--download-mb 500] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import health
+import urllib3
+from _common import (
+    BUSY_MACHINE_PERCENT,
+    GUNICORN,
+    INHERITED_ENV,
+    REDIS_HOST_PORT,
+    REPO_ROOT,
+    CpuWatch,
+    Service,
+    Services,
+    WrkResult,
+    base_env,
+    chosen_variants,
+    database_url,
+    ensure_database,
+    format_table,
+    free_port,
+    group_usage,
+    gunicorn_worker_model,
+    load_arguments,
+    machine_facts,
+    parse_wrk,
+    require_wrk,
+    server_log_notes,
+    shell_line,
+    step,
+    stop_on_sigterm,
+    wait_for_http,
+    wait_until_idle,
+    wrk_command,
+)
+
+BENCH_DATABASE = "hokusai_bench_registry"
+BENCH_REDIS_URL = f"redis://{REDIS_HOST_PORT}/11"
+OWNER = "bench-registry"
+# The key's rate limit: counted on every request, as in production, but never reached.
+HUGE_RATE_LIMIT = 10**9
+MODEL_NAME = "bench-registry-model"
+ARTIFACT_PATH = "bench/download.bin"
+TARGET_RATIO = 0.8
+TARGET_REGISTRATION_RATIO = 0.7
+REGISTRATION_CLIENTS = 4
+MiB = 1024 * 1024
+
+SETUP_SCRIPT = f"""
+from django.contrib.auth import get_user_model
+from authkeys import services
+from authkeys.principals import SYSTEM
+
+owner, _ = get_user_model().objects.get_or_create(username={OWNER!r})
+_, key = services.api_key_create(
+    actor=SYSTEM, owner_user_id=owner.pk, name="bench",
+    scopes=["mlflow:read", "mlflow:write", "models:read", "models:write"],
+    rate_limit_per_minute={HUGE_RATE_LIMIT},
+)
+print(key)
+"""
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    description: str
+
+
+VARIANTS = [
+    Variant("direct", "wrk -> MLflow"),
+    Variant("proxy", "wrk -> gunicorn (API key, scope, rate limit) -> MLflow"),
+]
+
+
+@dataclass(frozen=True)
+class Setup:
+    mlflow: Service
+    web: Service
+    mlflow_url: str
+    base_url: str
+    key: str
+
+
+def parse_args() -> argparse.Namespace:
+    parser = load_arguments(
+        __doc__.split("\n\n")[0], [variant.name for variant in VARIANTS], duration=10
+    )
+    parser.add_argument("--download-mb", type=int, default=500, help="size of the artifact (c)")
+    parser.add_argument(
+        "--registrations", type=int, default=120, help="registrations per variant and round (a)"
+    )
+    # MLflow's own req/s moves by up to half between back-to-back runs on a 2-core machine.
+    parser.set_defaults(rounds=3)
+    args = parser.parse_args()
+    args.variants = chosen_variants(parser, args, VARIANTS)
+    if args.download_mb < 1:
+        parser.error("--download-mb must be >= 1")
+    return args
+
+
+def shared_settings(var_dir: Path, mlflow_port: int, port: int) -> dict[str, str]:
+    """bench/health.py's production settings, on this benchmark's own database and Redis db."""
+    return {
+        **health.shared_settings(var_dir, mlflow_port),
+        "DATABASE_URL": database_url(BENCH_DATABASE),
+        "REDIS_URL": BENCH_REDIS_URL,
+        "HOKUSAI_BIND": f"127.0.0.1:{port}",
+        # Recycling a worker mid-run would charge its start-up to whichever run it hit.
+        "GUNICORN_MAX_REQUESTS": "0",
+        # Loopback only: no usage reports from MLflow to its telemetry service.
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+
+
+def manage(env: dict[str, str], *arguments: str) -> str:
+    completed = subprocess.run(
+        [sys.executable, "manage.py", *arguments],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    return completed.stdout
+
+
+def keyed_wrk(url: str, key: str | None, args: argparse.Namespace, duration_s: int) -> list[str]:
+    command = wrk_command(
+        url, threads=args.threads, connections=args.connections, duration_s=duration_s
+    )
+    header = [] if key is None else ["-H", f"Authorization: Bearer {key}"]
+    return [*command[:-1], *header, command[-1]]
+
+
+def print_header(args: argparse.Namespace, env: dict[str, str]) -> None:
+    print("Hokusai MLflow proxy: the same MLflow routes through the proxy and straight to MLflow")
+    print("\nMachine")
+    for fact in machine_facts():
+        print(f"  {fact}")
+    print("\nEnvironment (every process; nothing else is inherited but PATH, HOME, locale)")
+    for name, value in env.items():
+        if name not in (*INHERITED_ENV, "PATH"):
+            shown = f"<random, {len(value)} chars>" if name == "SECRET_KEY" else value
+            print(f"  {name}={shown}")
+    print("\nServices")
+    print(f"  {shell_line(['python', 'manage.py', 'migrate'])}")
+    print(f"  {shell_line(['python', 'manage.py', 'mlflow_server'])}  (MLFLOW_WORKERS default)")
+    print(f"  {shell_line(GUNICORN)}  -> {gunicorn_worker_model(env)}")
+    print(f"  an API key with mlflow:read, mlflow:write and a rate limit of {HUGE_RATE_LIMIT}/min")
+    route = f"/api/2.0/mlflow/registered-models/get?name={MODEL_NAME}"
+    print(f"\n(b) GET {route}, per variant ({args.warmup}s warm-up, then measured)")
+    for variant in args.variants:
+        url = ("$MLFLOW" if variant.name == "direct" else "$HOKUSAI") + route
+        key = None if variant.name == "direct" else "<key>"
+        print(f"  {variant.name}: {variant.description}")
+        print(f"    {shell_line(keyed_wrk(url, key, args, args.duration))}")
+    print(
+        f"\n(c) GET /api/2.0/mlflow-artifacts/artifacts/{ARTIFACT_PATH} ({args.download_mb} MB), "
+        "read in 1 MiB pieces by one urllib3 client; direct and proxy alternate, "
+        f"{args.rounds} time(s) each"
+    )
+    print(
+        f"\n(a) {args.registrations} registrations per variant and round, "
+        f"{REGISTRATION_CLIENTS} clients at once, each of a logged model of its own run:"
+    )
+    print(
+        "  direct: MlflowClient.create_model_version(name, source='models:/<id>', run_id, model_id)"
+    )
+    print("  proxy:  POST /api/v1/models/register {model_uri: 'models:/<id>', token, metric…}")
+    print(flush=True)
+
+
+def start_services(services: Services, env: dict[str, str]) -> Setup:
+    """migrate, the API key, MLflow and gunicorn; the registered model that (b) reads."""
+    with step("manage.py migrate (our tables and MLflow's)"):
+        manage(env, "migrate")
+    with step("API key"):
+        key = manage(env, "shell", "-c", SETUP_SCRIPT).strip().splitlines()[-1]
+    mlflow_url = env["MLFLOW_TRACKING_URI"]
+    base_url = f"http://{env['HOKUSAI_BIND']}"
+    with step("MLflow server and gunicorn"):
+        mlflow = services.start("mlflow", [sys.executable, "manage.py", "mlflow_server"], env)
+        web = services.start("gunicorn", GUNICORN, env)
+        wait_for_http(f"{mlflow_url}/health", service=mlflow, timeout=120)
+        wait_for_http(f"{base_url}/health", service=web, timeout=90)
+    with step("waiting for MLflow's start-up work to settle"):
+        wait_until_idle([mlflow, web])
+    created_model = _http.request(
+        "POST",
+        f"{mlflow_url}/api/2.0/mlflow/registered-models/create",
+        body=json.dumps({"name": MODEL_NAME}),
+        headers={"Content-Type": "application/json"},
+    )
+    if created_model.status != 200 and b"RESOURCE_ALREADY_EXISTS" not in created_model.data:
+        raise RuntimeError(f"registered-models/create: {created_model.status} {created_model.data}")
+    return Setup(mlflow, web, mlflow_url, base_url, key)
+
+
+_http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=5, read=300))
+
+
+def preflight(setup: Setup) -> str:
+    """Both doors answer 200 with the same body, so the figures compare like with like."""
+    path = f"/api/2.0/mlflow/registered-models/get?name={MODEL_NAME}"
+    direct = _http.request("GET", setup.mlflow_url + path)
+    proxied = _http.request(
+        "GET", setup.base_url + path, headers={"Authorization": f"Bearer {setup.key}"}
+    )
+    if (direct.status, proxied.status) != (200, 200) or direct.data != proxied.data:
+        raise RuntimeError(f"direct {direct.status} {direct.data!r}, proxy {proxied.status}")
+    limit = proxied.headers.get("X-RateLimit-Limit")
+    return f"both 200 with the same {len(direct.data)}-byte body; X-RateLimit-Limit {limit}"
+
+
+# --- (a) registrations/s ----------------------------------------------------------------------
+
+# Run by the load generator's own process (like wrk), so the clients' CPU is not ours.
+REGISTER_SCRIPT = """
+import json, sys, time
+from concurrent.futures import ThreadPoolExecutor
+import urllib3
+from mlflow import MlflowClient
+
+variant, base_url, key, model_name, token, clients = sys.argv[1:7]
+sources = json.loads(sys.stdin.read())
+local = MlflowClient(tracking_uri=base_url, registry_uri=base_url)
+http = urllib3.PoolManager(maxsize=int(clients), retries=False)
+
+def direct(source):
+    local.create_model_version(
+        model_name, source="models:/" + source["model_id"], run_id=source["run_id"],
+        model_id=source["model_id"], await_creation_for=0,
+    )
+
+def proxy(source):
+    body = {"model_name": model_name, "token_symbol": token, "metric_name": "accuracy",
+            "baseline_value": 0.5, "current_value": 0.6,
+            "model_uri": "models:/" + source["model_id"]}
+    answer = http.request("POST", base_url + "/api/v1/models/register", json=body,
+                          headers={"Authorization": "Bearer " + key})
+    if answer.status != 201:
+        raise RuntimeError(f"{answer.status} {answer.data[:300]!r}")
+
+started = time.perf_counter()
+with ThreadPoolExecutor(int(clients)) as pool:
+    list(pool.map(direct if variant == "direct" else proxy, sources))
+print(json.dumps({"seconds": time.perf_counter() - started, "count": len(sources)}))
+"""
+
+CREATE_SOURCES_SCRIPT = """
+import json, sys
+from mlflow import MlflowClient
+client = MlflowClient(tracking_uri=sys.argv[1])
+sources = []
+for _ in range(int(sys.argv[2])):
+    run = client.create_run("0")
+    model = client.create_logged_model("0", name="model", source_run_id=run.info.run_id)
+    sources.append({"run_id": run.info.run_id, "model_id": model.model_id})
+print(json.dumps(sources))
+"""
+
+
+@dataclass(frozen=True)
+class Registrations:
+    variant: str
+    per_second: float
+    web_cpu_ms: float
+    mlflow_cpu_ms: float
+
+
+def logged_model_sources(setup: Setup, env: dict[str, str], count: int) -> list[dict]:
+    """`count` runs with a logged model each: every registration is of a source of its own."""
+    completed = subprocess.run(
+        [sys.executable, "-c", CREATE_SOURCES_SCRIPT, setup.mlflow_url, str(count)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=1800,
+    )
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def measure_registrations(
+    variant: Variant, setup: Setup, env: dict[str, str], sources: list[dict], round_number: int
+) -> Registrations:
+    name = f"bench-registrations-{variant.name}"
+    base_url = setup.mlflow_url if variant.name == "direct" else setup.base_url
+    if variant.name == "direct" and round_number == 0:
+        _http.request(
+            "POST",
+            f"{setup.mlflow_url}/api/2.0/mlflow/registered-models/create",
+            body=json.dumps({"name": name}),
+            headers={"Content-Type": "application/json"},
+        )
+    command = [sys.executable, "-c", REGISTER_SCRIPT, variant.name, base_url, setup.key, name]
+    command += ["BENCHREG", str(REGISTRATION_CLIENTS)]
+    pgids = [setup.web.process.pid, setup.mlflow.process.pid]
+    with step(f"(a) {variant.name}: {len(sources)} registrations"):
+        before = [group_usage([pgid]).cpu_seconds for pgid in pgids]
+        completed = subprocess.run(
+            command,
+            input=json.dumps(sources),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
+        after = [group_usage([pgid]).cpu_seconds for pgid in pgids]
+    if completed.returncode != 0:
+        raise RuntimeError(f"(a) {variant.name} failed:\n{completed.stderr[-2000:]}")
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    web_ms, mlflow_ms = (
+        1000 * (end - start) / result["count"] for start, end in zip(before, after, strict=True)
+    )
+    return Registrations(variant.name, result["count"] / result["seconds"], web_ms, mlflow_ms)
+
+
+# --- (b) requests/s ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Throughput:
+    variant: str
+    result: WrkResult
+    web_cpu_ms: float  # gunicorn's processes, per request
+    mlflow_cpu_ms: float  # MLflow's processes, per request
+    other_cpu: float
+
+
+def measure_throughput(variant: Variant, setup: Setup, args: argparse.Namespace) -> Throughput:
+    route = f"/api/2.0/mlflow/registered-models/get?name={MODEL_NAME}"
+    if variant.name == "direct":
+        url, key = setup.mlflow_url + route, None
+    else:
+        url, key = setup.base_url + route, setup.key
+    pgids = [setup.web.process.pid, setup.mlflow.process.pid]
+    with step(f"(b) {variant.name}: {args.warmup}s warm-up, {args.duration}s measured"):
+        _run_wrk(keyed_wrk(url, key, args, args.warmup), args.warmup)
+        before = [group_usage([pgid]).cpu_seconds for pgid in pgids]
+        watch = CpuWatch.start(pgids)
+        result = _run_wrk(keyed_wrk(url, key, args, args.duration), args.duration)
+        after = [group_usage([pgid]).cpu_seconds for pgid in pgids]
+        other_cpu = watch.other_percent()
+    web_ms, mlflow_ms = (
+        1000 * (end - start) / max(result.requests, 1)
+        for start, end in zip(before, after, strict=True)
+    )
+    return Throughput(variant.name, result, web_ms, mlflow_ms, other_cpu)
+
+
+def _run_wrk(command: list[str], duration_s: int) -> WrkResult:
+    completed = subprocess.run(
+        command, capture_output=True, text=True, timeout=duration_s + 30, check=False
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"wrk failed:\n{completed.stdout}{completed.stderr}")
+    return parse_wrk(completed.stdout)
+
+
+# --- (c) a large download -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Download:
+    variant: str
+    megabytes_per_second: float
+    seconds: float
+    web_growth_mib: float  # peak RSS of gunicorn's processes over their RSS before
+    mlflow_growth_mib: float
+
+
+def write_artifact(var_dir: Path, size: int) -> None:
+    """The artifact, written straight into MLflow's artifact store (uploads are tested)."""
+    target = var_dir / "mlartifacts" / ARTIFACT_PATH
+    target.parent.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(MiB)
+    with open(target, "wb") as file:
+        for _ in range(size // MiB):
+            file.write(block)
+
+
+class PeakRss:
+    """The largest summed RSS of each process group, sampled every 20 ms while in the block."""
+
+    def __init__(self, pgids: list[int]) -> None:
+        self.pgids = pgids
+        self.before = {pgid: group_usage([pgid]).rss_bytes for pgid in pgids}
+        self.peak = dict(self.before)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.02):
+            for pgid in self.pgids:
+                self.peak[pgid] = max(self.peak[pgid], group_usage([pgid]).rss_bytes)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def growth_mib(self, pgid: int) -> float:
+        return (self.peak[pgid] - self.before[pgid]) / MiB
+
+
+def measure_download(variant: Variant, setup: Setup, size: int) -> Download:
+    path = f"/api/2.0/mlflow-artifacts/artifacts/{ARTIFACT_PATH}"
+    if variant.name == "direct":
+        url, headers = setup.mlflow_url + path, {}
+    else:
+        url, headers = setup.base_url + path, {"Authorization": f"Bearer {setup.key}"}
+    web, mlflow = setup.web.process.pid, setup.mlflow.process.pid
+    with step(f"(c) {variant.name}: {size // MiB} MB download"), PeakRss([web, mlflow]) as rss:
+        started = time.perf_counter()
+        response = _http.request("GET", url, headers=headers, preload_content=False)
+        received = sum(len(piece) for piece in response.stream(MiB))
+        seconds = time.perf_counter() - started
+        response.release_conn()
+    if response.status != 200 or received != size:
+        raise RuntimeError(f"{variant.name}: HTTP {response.status}, {received} of {size} bytes")
+    return Download(
+        variant.name, size / 1e6 / seconds, seconds, rss.growth_mib(web), rss.growth_mib(mlflow)
+    )
+
+
+# --- Report -------------------------------------------------------------------------------------
+
+
+def best_per_variant(items: list, score) -> list:
+    """Each variant's best round (other work on the machine only ever slows a run down)."""
+    best: dict[str, object] = {}
+    for item in items:
+        if item.variant not in best or score(item) > score(best[item.variant]):
+            best[item.variant] = item
+    return list(best.values())
+
+
+def print_registrations(registrations: list[Registrations]) -> float:
+    """The table for (a); returns the proxy's ratio."""
+    shown = best_per_variant(registrations, lambda r: r.per_second)
+    rows = [
+        [
+            r.variant,
+            f"{r.per_second:.1f}",
+            f"{r.web_cpu_ms:.1f}",
+            f"{r.mlflow_cpu_ms:.1f}",
+            f"{r.per_second / shown[0].per_second:.2f}",
+            " ".join(f"{x.per_second:.1f}" for x in registrations if x.variant == r.variant),
+        ]
+        for r in shown
+    ]
+    print("\n(a) registrations/s")
+    headers = ["variant", "registrations/s", "gunicorn cpu ms/reg", "mlflow cpu ms/reg", "ratio"]
+    print(format_table([*headers, "each round"], rows))
+    return shown[-1].per_second / shown[0].per_second
+
+
+def print_results(throughputs: list[Throughput], downloads: list[Download], size: int) -> None:
+    shown = best_per_variant(throughputs, lambda t: t.result.requests_per_second)
+    baseline = shown[0].result.requests_per_second
+    rows = [
+        [
+            t.variant,
+            "registered-models/get",
+            f"{t.result.requests_per_second:.0f}",
+            f"{t.result.p50_ms:.2f}",
+            f"{t.result.p99_ms:.2f}",
+            str(t.result.non_2xx),
+            str(t.result.socket_errors),
+            f"{t.web_cpu_ms:.2f}",
+            f"{t.mlflow_cpu_ms:.2f}",
+            f"{t.other_cpu:.0f}",
+            f"{t.result.requests_per_second / baseline:.2f}",
+            " ".join(
+                f"{x.result.requests_per_second:.0f}" for x in throughputs if x.variant == t.variant
+            ),
+        ]
+        for t in shown
+    ]
+    print("\n(b) requests/s")
+    headers = ["variant", "route", "req/s", "p50 ms", "p99 ms", "non-2xx", "sock err"]
+    headers += ["gunicorn cpu ms/req", "mlflow cpu ms/req", "other cpu%", "ratio"]
+    print(format_table([*headers, "req/s of each round"], rows))
+    print(
+        f"Each variant's best round; ratio: req/s relative to {shown[0].variant}. cpu ms/req: "
+        "CPU time of the server's processes per request. other cpu%: the CPU share of work not "
+        f"ours during the run (above {BUSY_MACHINE_PERCENT}% the run competed for the CPU)."
+    )
+
+    fastest = best_per_variant(downloads, lambda d: d.megabytes_per_second)
+    rows = [
+        [
+            d.variant,
+            f"{size // MiB} MB artifact",
+            f"{d.megabytes_per_second:.0f}",
+            f"{d.seconds:.2f}",
+            f"{max(x.web_growth_mib for x in downloads if x.variant == d.variant):.1f}",
+            f"{max(x.mlflow_growth_mib for x in downloads if x.variant == d.variant):.1f}",
+            f"{d.megabytes_per_second / fastest[0].megabytes_per_second:.2f}",
+            " ".join(f"{x.megabytes_per_second:.0f}" for x in downloads if x.variant == d.variant),
+        ]
+        for d in fastest
+    ]
+    print("\n(c) download")
+    headers = ["variant", "what", "MB/s", "seconds", "gunicorn +MiB", "mlflow +MiB", "ratio"]
+    print(format_table([*headers, "MB/s of each round"], rows))
+    print(
+        "+MiB: the largest rise of the process group's summed RSS during a download (sampled "
+        "every 20 ms), over all rounds; MB/s and seconds: the best round."
+    )
+
+    print("\nTargets (proxy / direct)")
+    for label, ratio in (
+        ("(b) req/s", shown[-1].result.requests_per_second / baseline),
+        ("(c) MB/s", fastest[-1].megabytes_per_second / fastest[0].megabytes_per_second),
+    ):
+        verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
+        print(f"  {label}: {ratio:.2f}, target >= {TARGET_RATIO}: {verdict}")
+
+
+def main() -> None:
+    args = parse_args()
+    require_wrk()
+    stop_on_sigterm()
+    workdir = Path(tempfile.mkdtemp(prefix="hokusai-bench-registry-"))
+    var_dir = workdir / "var"
+    for name in ("tmp", "static"):
+        (var_dir / name).mkdir(parents=True)
+    env = base_env(shared_settings(var_dir, mlflow_port=free_port(), port=free_port()))
+    services = Services(log_dir=workdir)
+    size = args.download_mb * MiB
+    try:
+        if ensure_database(BENCH_DATABASE):
+            print(f".. created database {BENCH_DATABASE}", file=sys.stderr)
+        print_header(args, env)
+        setup = start_services(services, env)
+        print(f"[pre-flight] {preflight(setup)}")
+        with step(f"writing the {args.download_mb} MB artifact"):
+            write_artifact(var_dir, size)
+        with step(f"(a) {args.registrations * args.rounds * 2} runs with a logged model each"):
+            sources = logged_model_sources(setup, env, args.registrations * args.rounds * 2)
+        registrations = []
+        for round_number in range(args.rounds):
+            for index, variant in enumerate(args.variants):
+                start = (round_number * 2 + index) * args.registrations
+                batch = sources[start : start + args.registrations]
+                registrations.append(
+                    measure_registrations(variant, setup, env, batch, round_number)
+                )
+        throughputs, downloads = [], []
+        # Rounds interleave the variants, so a burst of other work hits one round, not a variant.
+        for _ in range(args.rounds):
+            for variant in args.variants:
+                throughputs.append(measure_throughput(variant, setup, args))
+            for variant in args.variants:
+                downloads.append(measure_download(variant, setup, size))
+        for service in (setup.web, setup.mlflow):
+            for note in server_log_notes(service.log_path):
+                print(f"[{service.name}] {note}")
+        registration_ratio = print_registrations(registrations)
+        print_results(throughputs, downloads, size)
+        verdict = "met" if registration_ratio >= TARGET_REGISTRATION_RATIO else "NOT met"
+        print(
+            f"  (a) registrations/s: {registration_ratio:.2f}, "
+            f"target >= {TARGET_REGISTRATION_RATIO}: {verdict}"
+        )
+    except subprocess.CalledProcessError as exc:
+        raise SystemExit(f"{shell_line(exc.cmd)} failed:\n{exc.stderr}") from None
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping every service", file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        services.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
