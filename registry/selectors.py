@@ -16,10 +16,14 @@ def models_list(
     search: str | None = None,
     status: str | None = None,
 ) -> QuerySet[Model]:
-    """Every registered model (the registry is readable by any `models:read` caller), with
-    each one's versions prefetched newest first."""
+    """Every registered model (the registry is readable by any `models:read` caller), each
+    with its newest version prefetched as `latest_versions` (one row, however many it has)."""
     models = Model.objects.select_related("owner_user", "owner_identity").prefetch_related(
-        Prefetch("versions", queryset=ModelVersion.objects.order_by("-version"))
+        Prefetch(
+            "versions",
+            queryset=ModelVersion.objects.order_by("-version")[:1],
+            to_attr="latest_versions",
+        )
     )
     if token_symbol:
         models = models.filter(token_symbol=token_symbol.upper())

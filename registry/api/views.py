@@ -149,11 +149,9 @@ class ModelOutputSerializer(serializers.ModelSerializer):
         ]
 
     def get_latest_version(self, model: Model) -> dict | None:
-        versions = list(model.versions.all())
-        if not versions:
+        if not model.latest_versions:
             return None
-        latest = max(versions, key=lambda v: v.version)
-        return version_output(latest, self.context["caller"])
+        return version_output(model.latest_versions[0], self.context["caller"])
 
 
 def version_output(version: ModelVersion, caller) -> dict:

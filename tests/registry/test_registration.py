@@ -639,3 +639,29 @@ def test_a_concurrent_twin_is_409_and_a_failed_claim_is_given_back(owner):
         retry.answer(201, {"done": True})
     with idempotent(**claim_on) as later:
         assert later.replay == (201, {"done": True})
+
+
+def test_the_list_loads_only_each_models_newest_version(
+    client, writer, owner, django_assert_max_num_queries
+):
+    for token in ("AAA", "BBB"):
+        model = Model.objects.create(
+            model_id=token.lower(),
+            token_symbol=token,
+            name=f"{token} model",
+            owner_user=owner,
+            metric_name="accuracy",
+            metric_direction="higher",
+            baseline_value=0.5,
+        )
+        for number in range(1, 6):
+            ModelVersion.objects.create(
+                model=model, version=number, source="s", mlflow_status="READY", registered_by="t"
+            )
+    client.get("/api/v1/models", **bearer(writer))  # the key's facts are cached from here on
+    with django_assert_max_num_queries(3):  # count, page, newest versions
+        listed = client.get("/api/v1/models", **bearer(writer)).json()["results"]
+    assert [(m["token_symbol"], m["latest_version"]["version"]) for m in listed] == [
+        ("AAA", 5),
+        ("BBB", 5),
+    ]
