@@ -342,12 +342,28 @@ class WrkResult:
     socket_errors: int  # connect + read + write + timeout
 
 
-def wrk_command(url: str, *, threads: int, connections: int, duration_s: int) -> list[str]:
-    return ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--latency", url]
+def wrk_command(
+    url: str, *, threads: int, connections: int, duration_s: int, headers: Sequence[str] = ()
+) -> list[str]:
+    """`headers`: "Name: value" lines sent with every request."""
+    options = [part for header in headers for part in ("-H", header)]
+    return [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration_s}s",
+        "--latency",
+        *options,
+        url,
+    ]
 
 
-def run_wrk(url: str, *, threads: int, connections: int, duration_s: int) -> WrkResult:
-    command = wrk_command(url, threads=threads, connections=connections, duration_s=duration_s)
+def run_wrk(
+    url: str, *, threads: int, connections: int, duration_s: int, headers: Sequence[str] = ()
+) -> WrkResult:
+    command = wrk_command(
+        url, threads=threads, connections=connections, duration_s=duration_s, headers=headers
+    )
     completed = subprocess.run(
         command, capture_output=True, text=True, timeout=duration_s + 30, check=False
     )

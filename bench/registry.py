@@ -51,8 +51,8 @@ from _common import (
     gunicorn_worker_model,
     load_arguments,
     machine_facts,
-    parse_wrk,
     require_wrk,
+    run_wrk,
     server_log_notes,
     shell_line,
     step,
@@ -154,12 +154,16 @@ def manage(env: dict[str, str], *arguments: str) -> str:
     return completed.stdout
 
 
-def keyed_wrk(url: str, key: str | None, args: argparse.Namespace, duration_s: int) -> list[str]:
-    command = wrk_command(
-        url, threads=args.threads, connections=args.connections, duration_s=duration_s
-    )
-    header = [] if key is None else ["-H", f"Authorization: Bearer {key}"]
-    return [*command[:-1], *header, command[-1]]
+def keyed_wrk(url: str, key: str | None, args: argparse.Namespace, duration_s: int) -> dict:
+    """run_wrk's arguments for one variant: with the API key's header through the proxy."""
+    headers = [] if key is None else [f"Authorization: Bearer {key}"]
+    return {
+        "url": url,
+        "threads": args.threads,
+        "connections": args.connections,
+        "duration_s": duration_s,
+        "headers": headers,
+    }
 
 
 def print_header(args: argparse.Namespace, env: dict[str, str]) -> None:
@@ -183,7 +187,7 @@ def print_header(args: argparse.Namespace, env: dict[str, str]) -> None:
         url = ("$MLFLOW" if variant.name == "direct" else "$HOKUSAI") + route
         key = None if variant.name == "direct" else "<key>"
         print(f"  {variant.name}: {variant.description}")
-        print(f"    {shell_line(keyed_wrk(url, key, args, args.duration))}")
+        print(f"    {shell_line(wrk_command(**keyed_wrk(url, key, args, args.duration)))}")
     print(
         f"\n(c) GET /api/2.0/mlflow-artifacts/artifacts/{ARTIFACT_PATH} ({args.download_mb} MB), "
         "read in 1 MiB pieces by one urllib3 client; direct and proxy alternate, "
@@ -367,10 +371,10 @@ def measure_throughput(variant: Variant, setup: Setup, args: argparse.Namespace)
         url, key = setup.base_url + route, setup.key
     pgids = [setup.web.process.pid, setup.mlflow.process.pid]
     with step(f"(b) {variant.name}: {args.warmup}s warm-up, {args.duration}s measured"):
-        _run_wrk(keyed_wrk(url, key, args, args.warmup), args.warmup)
+        run_wrk(**keyed_wrk(url, key, args, args.warmup))
         before = [group_usage([pgid]).cpu_seconds for pgid in pgids]
         watch = CpuWatch.start(pgids)
-        result = _run_wrk(keyed_wrk(url, key, args, args.duration), args.duration)
+        result = run_wrk(**keyed_wrk(url, key, args, args.duration))
         after = [group_usage([pgid]).cpu_seconds for pgid in pgids]
         other_cpu = watch.other_percent()
     web_ms, mlflow_ms = (
@@ -378,15 +382,6 @@ def measure_throughput(variant: Variant, setup: Setup, args: argparse.Namespace)
         for start, end in zip(before, after, strict=True)
     )
     return Throughput(variant.name, result, web_ms, mlflow_ms, other_cpu)
-
-
-def _run_wrk(command: list[str], duration_s: int) -> WrkResult:
-    completed = subprocess.run(
-        command, capture_output=True, text=True, timeout=duration_s + 30, check=False
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"wrk failed:\n{completed.stdout}{completed.stderr}")
-    return parse_wrk(completed.stdout)
 
 
 # --- (c) a large download -----------------------------------------------------------------------

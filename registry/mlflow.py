@@ -161,13 +161,18 @@ def call(
     return data
 
 
-def get_run(run_id: str) -> dict | None:
+def _found(method: str, endpoint: str, key: str, **kwargs) -> dict | None:
+    """`call(...)[key]`, or None when MLflow says the resource does not exist."""
     try:
-        return call("GET", "runs/get", params={"run_id": run_id})["run"]
+        return call(method, endpoint, **kwargs)[key]
     except MlflowError as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or exc.status == 404:
             return None
         raise
+
+
+def get_run(run_id: str) -> dict | None:
+    return _found("GET", "runs/get", "run", params={"run_id": run_id})
 
 
 def list_artifacts(run_id: str, path: str) -> list[dict]:
@@ -175,12 +180,7 @@ def list_artifacts(run_id: str, path: str) -> list[dict]:
 
 
 def get_logged_model(model_id: str) -> dict | None:
-    try:
-        return call("GET", f"logged-models/{model_id}")["model"]
-    except MlflowError as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or exc.status == 404:
-            return None
-        raise
+    return _found("GET", f"logged-models/{model_id}", "model")
 
 
 def logged_models_of_run(run: dict, name: str) -> list[dict]:
@@ -240,14 +240,8 @@ def create_model_version(
 
 
 def get_model_version(name: str, version: str) -> dict | None:
-    try:
-        return call("GET", "model-versions/get", params={"name": name, "version": version})[
-            "model_version"
-        ]
-    except MlflowError as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or exc.status == 404:
-            return None
-        raise
+    params = {"name": name, "version": version}
+    return _found("GET", "model-versions/get", "model_version", params=params)
 
 
 def set_model_version_tags(name: str, version: str, tags: dict[str, str]) -> None:

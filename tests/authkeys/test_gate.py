@@ -100,7 +100,7 @@ def test_a_refused_key_is_not_counted_against_its_limit_or_usage(
     assert redis_client.keys("authkeys:usage:*") == []
 
 
-def test_local_facts_expire_after_their_age(client, owner, issue_key, settings):
+def test_local_facts_expire_after_their_age():
     cache = gate.LocalKeyCache(max_entries=2, max_age=0)
     assert cache.get("digest") is None
     info = object()

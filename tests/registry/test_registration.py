@@ -12,7 +12,6 @@ import uuid
 import pytest
 from mlflow import MlflowClient
 
-from authkeys.principals import SYSTEM
 from hokusai_site.models import IdempotencyRecord
 from registry import mlflow as registry_mlflow
 from registry import services
@@ -594,11 +593,6 @@ def test_the_audit_log_needs_audit_read_and_filters(client, owner, writer, issue
     assert registered["results"][0]["actor_label"] == writer[:16]
     bad = client.get("/api/v1/audit-logs", {"since": "yesterday"}, **bearer(auditor))
     assert problem(bad) == (400, "validation_error")
-
-
-def test_system_actor_is_not_an_owner_by_accident():
-    model = Model(model_id="x", token_symbol="X", name="x")
-    assert services.owned_by(model, SYSTEM)
 
 
 # --- admin ----------------------------------------------------------------------------------------
