@@ -226,14 +226,16 @@ def search_model_versions(filter_string: str = "") -> list[dict]:
 
 
 def create_model_version(
-    *, name: str, source: str, run_id: str, model_id: str | None, tags: dict[str, str]
+    *, name: str, source: str, run_id: str | None, model_id: str | None, tags: dict[str, str]
 ) -> dict:
+    """Without `run_id`, MLflow takes the logged model's run."""
     body = {
         "name": name,
         "source": source,
-        "run_id": run_id,
         "tags": [{"key": k, "value": v} for k, v in tags.items()],
     }
+    if run_id:
+        body["run_id"] = run_id
     if model_id:
         body["model_id"] = model_id
     return call("POST", "model-versions/create", body=body)["model_version"]

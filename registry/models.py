@@ -141,3 +141,22 @@ class Contribution(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model.token_symbol} contribution {self.pk} by {self.contributor}"
+
+
+class RegistrationAttempt(models.Model):
+    """A registration of one source under one MLflow name that is working on MLflow now, or
+    that stopped before recording what it made there.
+
+    The row is gone once the version is recorded, so a first registration creates its version
+    without searching MLflow; a retry finds the row and looks in MLflow before creating.
+    """
+
+    key = models.CharField(max_length=64, unique=True, help_text="SHA-256 of name and source")
+    model_name = models.CharField(max_length=256)
+    model_uri = models.CharField(max_length=1024)
+    # While set and in the future, a registration holds it; None: the last one failed.
+    locked_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.model_name} from {self.model_uri}"

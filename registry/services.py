@@ -4,7 +4,8 @@ Order of work in a registration: every check and every MLflow write first (run a
 exist, registered model, version, tags, READY), then one database transaction with our rows,
 the audit entry and the outbox events. MLflow failing or timing out leaves nothing on our side.
 A failure after MLflow created the version is finished by the retry, which finds that version
-(same registered model, run and source) instead of creating another.
+(same registered model, run and source) instead of creating another: `registry.attempts` tells
+it to look, so a first registration of a logged model is a single MLflow call.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from django.db.models import Q
 from authkeys.principals import Caller
 from hokusai_site.errors import ApplicationError
 from registry import audit, mlflow
+from registry.attempts import ATTEMPT_MEMORY, forget_failed_attempts, registration_attempt
 from registry.metrics import METRICS
 from registry.models import Model, ModelVersion
-from webhooks.outbox import record_event
+from webhooks.outbox import record_events
 
 READY = "READY"
 FAILED = "FAILED_REGISTRATION"
@@ -120,18 +122,61 @@ def version_tags(facts: VersionFacts, caller_label: str) -> dict[str, str]:
     return tags
 
 
-def ensure_version(*, name: str, source: Source, tags: dict[str, str], model_known: bool) -> dict:
-    """The version of `name` made from `source`: the existing one (a retry) or a new one.
-    `model_known`: our registry has the model, so MLflow has its registered model."""
-    if not model_known:
+def ensure_version(
+    *,
+    name: str,
+    model: Model | None,
+    model_uri: str | None,
+    run_id: str | None,
+    artifact_path: str | None,
+    tags: dict[str, str],
+    first_attempt: bool,
+) -> dict:
+    """The MLflow version of `name` made from the requested source: a new one, or the one an
+    earlier attempt (or sync) left unannounced. 409 when our registry announced it already.
+
+    A first registration of a logged model is one MLflow call (see `create_from_logged_model`).
+    """
+    if first_attempt and model_uri and model_uri.startswith("models:/"):
+        model_id = model_uri.removeprefix("models:/")
+        source = Source(run_id="", source=model_uri, model_id=model_id)
+    else:
+        source = resolve_source(model_uri=model_uri, run_id=run_id, artifact_path=artifact_path)
+    recorded = model.versions.filter(source=source.source).first() if model else None
+    if recorded is not None and recorded.announced:
+        raise ApplicationError(
+            "version_already_registered",
+            f"Version {recorded.version} of {name} was registered from {source.source} already.",
+            status=409,
+            extra={"version": recorded.version},
+        )
+    if model is None:
         mlflow.ensure_registered_model(name)
-    for version in mlflow.search_model_versions(f"name='{name}' and run_id='{source.run_id}'"):
-        if version.get("source") == source.source:
-            mlflow.set_model_version_tags(name, version["version"], tags)
-            return version
+    if recorded is not None or not first_attempt:
+        run = source.run_id or recorded.run_id
+        for version in mlflow.search_model_versions(f"name='{name}' and run_id='{run}'"):
+            if version.get("source") == source.source:
+                mlflow.set_model_version_tags(name, version["version"], tags)
+                return version
+    if not source.run_id:
+        return create_from_logged_model(name, source.model_id, tags)
     return mlflow.create_model_version(
         name=name, source=source.source, run_id=source.run_id, model_id=source.model_id, tags=tags
     )
+
+
+def create_from_logged_model(name: str, model_id: str, tags: dict[str, str]) -> dict:
+    """A version of `name` from logged model `model_id`, in one call: MLflow looks the model up
+    (and takes its run) before it creates anything. Only when that fails do we ask whether
+    the model exists, to answer 422 naming the field rather than pass MLflow's 500 on."""
+    try:
+        return mlflow.create_model_version(
+            name=name, source=f"models:/{model_id}", run_id=None, model_id=model_id, tags=tags
+        )
+    except (mlflow.MlflowUnavailable, mlflow.MlflowError):
+        if mlflow.get_logged_model(model_id) is None:
+            raise _unknown("model_uri", f"No logged model {model_id} in MLflow.") from None
+        raise
 
 
 def wait_until_ready(name: str, version: dict) -> dict:
@@ -216,7 +261,8 @@ def record_version(
     transaction. Returns the version and whether events were recorded now (False: it was
     announced before, and this is a repeat)."""
     metric = METRICS[facts.metric_name]
-    if model is None:
+    new_model = model is None
+    if new_model:
         model = Model(
             model_id=facts.token_symbol.lower(),
             token_symbol=facts.token_symbol,
@@ -236,17 +282,17 @@ def record_version(
     )
     model.status = "ready_to_deploy" if beats else "registered"
     model.save()
-    version, created = ModelVersion.objects.get_or_create(
-        model=model,
-        version=int(mlflow_version["version"]),
-        defaults={
-            "run_id": mlflow_version.get("run_id", ""),
-            "source": mlflow_version.get("source", ""),
-            "mlflow_status": mlflow_version.get("status", ""),
-            "registered_by": actor.label,
-        },
-    )
-    if version.announced and not created:
+    number = int(mlflow_version["version"])
+    version = None if new_model else model.versions.filter(version=number).first()
+    if version is None:
+        version = ModelVersion(
+            model=model,
+            version=number,
+            run_id=mlflow_version.get("run_id", ""),
+            source=mlflow_version.get("source", ""),
+            registered_by=actor.label,
+        )
+    elif version.announced:
         return version, False
     version.current_value = facts.current_value
     version.proposal_identifier = facts.proposal_identifier
@@ -255,14 +301,13 @@ def record_version(
     version.announced = True
     version.save()
     audit.model_version_registered(actor=actor, version=version)
-    for event_type in (
-        ("model_registered", "model_ready_to_deploy") if beats else ("model_registered",)
-    ):
-        record_event(
-            event_type=event_type,
-            model=event_model(version, actor),
-            data=event_data(version, metric_name=facts.metric_name),
-        )
+    record_events(
+        event_types=["model_registered", "model_ready_to_deploy"]
+        if beats
+        else ["model_registered"],
+        model=event_model(version, actor),
+        data=event_data(version, metric_name=facts.metric_name),
+    )
     return version, True
 
 
@@ -313,31 +358,41 @@ def model_register(
     transaction that records it (to store an idempotent answer with it). No transaction is
     open while MLflow works."""
     model = check_ownership(actor=actor, facts=facts)
-    try:
-        source = resolve_source(model_uri=model_uri, run_id=run_id, artifact_path=artifact_path)
-        created = ensure_version(
-            name=facts.model_name,
-            source=source,
-            tags=version_tags(facts, actor.identity),
-            model_known=model is not None,
-        )
-        ready = wait_until_ready(facts.model_name, created)
-    except (mlflow.MlflowUnavailable, mlflow.MlflowError) as exc:
-        raise mlflow_failure(exc) from exc
-    try:
-        return _record_new_version(actor, facts, model, ready, on_recorded)
-    except IntegrityError:
-        # The model row was created meanwhile: by a twin request of this owner (use it), or
-        # by someone else (check_ownership says 409).
-        model = check_ownership(actor=actor, facts=facts)
-    try:
-        return _record_new_version(actor, facts, model, ready, on_recorded)
-    except IntegrityError:
-        raise ApplicationError(
-            "token_symbol_taken",
-            f"Token {facts.token_symbol} or model {facts.model_name} was registered meanwhile.",
-            status=409,
-        ) from None
+    requested = model_uri or f"runs:/{run_id}/{artifact_path}"
+    with registration_attempt(facts.model_name, requested) as attempt:
+        try:
+            created = ensure_version(
+                name=facts.model_name,
+                model=model,
+                model_uri=model_uri,
+                run_id=run_id,
+                artifact_path=artifact_path,
+                tags=version_tags(facts, actor.identity),
+                first_attempt=attempt.first,
+            )
+            ready = wait_until_ready(facts.model_name, created)
+        except (mlflow.MlflowUnavailable, mlflow.MlflowError) as exc:
+            raise mlflow_failure(exc) from exc
+
+        def recorded(version: ModelVersion) -> None:
+            attempt.finish()
+            if on_recorded is not None:
+                on_recorded(version)
+
+        try:
+            return _record_new_version(actor, facts, model, ready, recorded)
+        except IntegrityError:
+            # The model row was created meanwhile: by a twin request of this owner (use it),
+            # or by someone else (check_ownership says 409).
+            model = check_ownership(actor=actor, facts=facts)
+        try:
+            return _record_new_version(actor, facts, model, ready, recorded)
+        except IntegrityError:
+            raise ApplicationError(
+                "token_symbol_taken",
+                f"Token {facts.token_symbol} or model {facts.model_name} was registered meanwhile.",
+                status=409,
+            ) from None
 
 
 def _record_new_version(
@@ -345,7 +400,7 @@ def _record_new_version(
     facts: VersionFacts,
     model: Model | None,
     ready: dict,
-    on_recorded: Callable[[ModelVersion], None] | None,
+    on_recorded: Callable[[ModelVersion], None],
 ) -> ModelVersion:
     with transaction.atomic():
         version, announced = record_version(
@@ -358,8 +413,7 @@ def _record_new_version(
                 status=409,
                 extra={"version": version.version},
             )
-        if on_recorded is not None:
-            on_recorded(version)
+        on_recorded(version)
     return version
 
 
@@ -426,6 +480,9 @@ def registry_sync() -> SyncReport:
         found = mlflow.search_model_versions()
     except (mlflow.MlflowUnavailable, mlflow.MlflowError) as exc:
         raise mlflow_failure(exc) from exc
+    # What a failed registration left in MLflow is in our registry after this run (as a
+    # found version its source's next registration claims), so its attempt row can go.
+    forget_failed_attempts(older_than=ATTEMPT_MEMORY)
     models = {model.name: model for model in Model.objects.all()}
     for mlflow_version in found:
         tags = {tag["key"]: tag["value"] for tag in mlflow_version.get("tags", [])}

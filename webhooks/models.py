@@ -5,7 +5,7 @@ from django.db import models
 
 class Event(models.Model):
     """The outbox: one row per change receivers hear about, written in the change's own
-    transaction (webhooks.outbox.record_event), so no committed change goes unannounced."""
+    transaction (webhooks.outbox.record_events), so no committed change goes unannounced."""
 
     event_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     event_type = models.CharField(max_length=64, db_index=True)

@@ -8,14 +8,17 @@ import json
 import subprocess
 import sys
 import uuid
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 from mlflow import MlflowClient
 
 from hokusai_site.models import IdempotencyRecord
 from registry import mlflow as registry_mlflow
 from registry import services
-from registry.models import AuditLog, Model, ModelVersion
+from registry.attempts import registration_attempt
+from registry.models import AuditLog, Model, ModelVersion, RegistrationAttempt
 from tests.conftest import free_port, subprocess_env
 from webhooks.models import Event
 
@@ -36,20 +39,29 @@ print(json.dumps({"run_id": run.info.run_id, "model_id": info.model_id}))
 """
 
 
-@pytest.fixture(scope="module")
-def logged_model(mlflow_server):
+def log_model(tracking_uri: str) -> dict:
     """A scikit-learn model logged in a run of the test MLflow server (MLflow 3: a logged
     model), by the stock client in a process of its own: the fluent API's tracking URI is
     process-wide (and an environment variable every later subprocess would inherit)."""
     completed = subprocess.run(
         [sys.executable, "-c", LOG_MODEL],
-        env=subprocess_env(MLFLOW_TRACKING_URI=mlflow_server.url),
+        env=subprocess_env(MLFLOW_TRACKING_URI=tracking_uri),
         capture_output=True,
         text=True,
         check=True,
         timeout=300,
     )
     return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def logged_model(mlflow_server):
+    return log_model(mlflow_server.url)
+
+
+@pytest.fixture(scope="module")
+def another_logged_model(mlflow_server):
+    return log_model(mlflow_server.url)
 
 
 @pytest.fixture
@@ -303,6 +315,104 @@ def test_a_failure_after_mlflow_created_the_version_is_finished_by_a_plain_retry
     version = services.model_register(actor=actor, facts=facts, model_uri=payload["model_uri"])
     assert version.version == 1
     assert len(mlflow_versions(mlflow_client, payload["model_name"])) == 1
+
+
+def test_a_first_registration_of_a_logged_model_is_one_mlflow_call(
+    client, writer, logged_model, another_logged_model, monkeypatch
+):
+    first = body(logged_model, model_uri=f"models:/{logged_model['model_id']}")
+    assert register(client, writer, first).status_code == 201
+    calls = []
+    call = registry_mlflow.call
+
+    def counted(method, endpoint, **kwargs):
+        calls.append(endpoint)
+        return call(method, endpoint, **kwargs)
+
+    monkeypatch.setattr(registry_mlflow, "call", counted)
+    second = {**first, "model_uri": f"models:/{another_logged_model['model_id']}"}
+    response = register(client, writer, second)
+
+    assert response.status_code == 201, response.content
+    assert calls == ["model-versions/create"]
+    assert response.json()["latest_version"]["run_id"] == another_logged_model["run_id"]
+    assert not RegistrationAttempt.objects.exists()
+
+
+def test_a_registration_holding_its_source_makes_a_twin_409(writer, owner, logged_model):
+    uri = f"models:/{logged_model['model_id']}"
+    with registration_attempt("Twin model", uri) as attempt:
+        assert attempt.first
+        with (
+            pytest.raises(services.ApplicationError) as twin,
+            registration_attempt("Twin model", uri),
+        ):
+            pass
+        assert (twin.value.status, twin.value.code) == (409, "registration_in_progress")
+        # The twin's refusal leaves the first one's hold as it was.
+        assert RegistrationAttempt.objects.get().locked_until > timezone.now()
+        attempt.finish()
+    assert not RegistrationAttempt.objects.exists()
+
+
+def test_a_refused_registration_leaves_no_attempt_and_a_failed_one_is_taken_over(
+    client, writer, logged_model, settings
+):
+    unknown = body(logged_model, model_uri=f"models:/m-{'0' * 32}")
+    assert problem(register(client, writer, unknown)) == (422, "mlflow_resource_not_found")
+    assert not RegistrationAttempt.objects.exists()
+
+    payload = body(logged_model)
+    mlflow_url = settings.MLFLOW_TRACKING_URI
+    settings.MLFLOW_TRACKING_URI = f"http://127.0.0.1:{free_port()}"
+    assert problem(register(client, writer, payload)) == (503, "mlflow_unavailable")
+    (left,) = RegistrationAttempt.objects.all()
+    assert (left.model_name, left.locked_until) == (payload["model_name"], None)
+
+    settings.MLFLOW_TRACKING_URI = mlflow_url
+    with registration_attempt(payload["model_name"], payload["model_uri"]) as retry:
+        assert not retry.first  # the retry looks in MLflow before creating
+        retry.finish()
+
+
+def test_sync_forgets_failed_attempts_after_a_day(running_mlflow):
+    now = timezone.now()
+    held, dead = now + timedelta(minutes=1), now - timedelta(minutes=1)
+    attempts = [("old failed", None), ("old dead", dead), ("old held", held), ("new failed", None)]
+    for name, locked_until in attempts:
+        RegistrationAttempt.objects.create(
+            key=name, model_name=name, model_uri="models:/m-1", locked_until=locked_until
+        )
+    RegistrationAttempt.objects.exclude(model_name="new failed").update(
+        created_at=now - timedelta(days=2)
+    )
+    services.registry_sync()
+    assert sorted(RegistrationAttempt.objects.values_list("model_name", flat=True)) == [
+        "new failed",
+        "old held",
+    ]
+
+
+def test_a_registration_claims_the_version_sync_found_for_its_source(
+    client, writer, logged_model, another_logged_model, mlflow_client
+):
+    payload = body(logged_model, model_uri=f"models:/{logged_model['model_id']}")
+    assert register(client, writer, payload).status_code == 201
+    other_source = f"models:/{another_logged_model['model_id']}"
+    made_directly = mlflow_client.create_model_version(
+        payload["model_name"], source=other_source, model_id=another_logged_model["model_id"]
+    )
+    services.registry_sync()
+
+    claimed = register(client, writer, {**payload, "model_uri": other_source})
+
+    assert claimed.status_code == 201, claimed.content
+    version = ModelVersion.objects.get(
+        model__name=payload["model_name"], version=int(made_directly.version)
+    )
+    assert version.announced and version.registered_by == "sync"
+    assert len(mlflow_versions(mlflow_client, payload["model_name"])) == 2
+    assert Event.objects.filter(payload__model__version=made_directly.version).exists()
 
 
 def test_mlflow_down_is_503_and_nothing_is_written(client, writer, logged_model, settings):
