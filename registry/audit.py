@@ -110,6 +110,16 @@ def model_updated(*, actor: Caller, model, changes: dict[str, tuple]) -> AuditLo
     )
 
 
+def model_owner_assigned(*, actor: Caller, model, owner_label: str) -> AuditLog:
+    return record(
+        actor=actor,
+        action="model.owner_assigned",
+        target_type="model",
+        target_id=model.model_id,
+        details={"owner": owner_label, "status": model.status},
+    )
+
+
 def _changes(changes: dict[str, tuple]) -> dict:
     return {
         field: {"old": _json_value(old), "new": _json_value(new)}

@@ -456,6 +456,41 @@ def model_update(*, actor: Caller, model: Model, **changes) -> Model:
     return model
 
 
+def model_assign_owner(
+    *, actor: Caller, model: Model, owner_user=None, owner_identity=None
+) -> Model:
+    """Gives a model sync found in MLflow (`unclaimed`) its owner: a user or an Ethereum
+    identity; staff only. Its status becomes what registering its newest version would have
+    made it. Returns the model as saved."""
+    if not (actor.is_staff or actor.kind == "system"):
+        raise ApplicationError("not_staff", "Only staff may assign a model's owner.", status=403)
+    if (owner_user is None) == (owner_identity is None):
+        raise ApplicationError(
+            "owner_required", "Choose one owner: a user or an Ethereum identity.", status=400
+        )
+    with transaction.atomic():
+        # Locked and read again: two operators assigning at once must not both succeed.
+        model = Model.objects.select_for_update().get(pk=model.pk)
+        if model.status != "unclaimed":
+            raise ApplicationError(
+                "model_not_unclaimed",
+                f"Only an unclaimed model gets an owner here; this one is {model.status}.",
+                status=409,
+            )
+        model.owner_user = owner_user
+        model.owner_identity = owner_identity
+        newest = model.versions.order_by("-version").first()
+        beats = (
+            newest is not None
+            and newest.current_value is not None
+            and METRICS[model.metric_name].beats(newest.current_value, model.baseline_value)
+        )
+        model.status = "ready_to_deploy" if beats else "registered"
+        model.save(update_fields=["owner_user", "owner_identity", "status", "updated_at"])
+        audit.model_owner_assigned(actor=actor, model=model, owner_label=model.owner_label)
+    return model
+
+
 # --- Sync: MLflow -> registry -------------------------------------------------------------------
 
 
