@@ -29,6 +29,19 @@ from registry import audit
 SCOPE_CHOICES = [(scope, scope) for scope in ALL_SCOPES]
 
 
+def check_one_owner(form: forms.Form, cleaned: dict, thing: str) -> dict:
+    """A form's `owner_user` / `owner_identity` pair names exactly one owner of `thing`.
+
+    Errors go on a field, which also keeps a model's one-owner constraint from adding a
+    second, less readable message."""
+    user, identity = cleaned.get("owner_user"), cleaned.get("owner_identity")
+    if user is None and identity is None and not form.has_error("owner_user"):
+        form.add_error("owner_user", "Choose the owner: a user or an Ethereum identity.")
+    elif user is not None and identity is not None:
+        form.add_error("owner_identity", f"A {thing} has one owner: choose a user or an identity.")
+    return cleaned
+
+
 def holds(request: HttpRequest, scope: str) -> bool:
     user = request.user
     return user.is_active and user.is_staff and caller_from_user(user).has_scope(scope)
@@ -141,15 +154,7 @@ class ApiKeyCreateForm(FutureExpiryMixin, forms.ModelForm):
         }
 
     def clean(self):
-        cleaned = super().clean()
-        user, identity = cleaned.get("owner_user"), cleaned.get("owner_identity")
-        # Errors go on a field, which also keeps the model's one-owner constraint from adding a
-        # second, less readable message.
-        if user is None and identity is None and not self.has_error("owner_user"):
-            self.add_error("owner_user", "Choose the owner: a user or an Ethereum identity.")
-        elif user is not None and identity is not None:
-            self.add_error("owner_identity", "A key has one owner: choose a user or an identity.")
-        return cleaned
+        return check_one_owner(self, super().clean(), "key")
 
 
 class ApiKeyChangeForm(FutureExpiryMixin, forms.ModelForm):

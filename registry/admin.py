@@ -5,7 +5,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
 from django.template.response import TemplateResponse
 
-from authkeys.admin import ReadOnlyAdmin, ReadOnlyInline, holds
+from authkeys.admin import ReadOnlyAdmin, ReadOnlyInline, check_one_owner, holds
 from authkeys.models import EthIdentity
 from authkeys.principals import caller_from_user
 from authkeys.scopes import AUDIT_READ, MODELS_READ, MODELS_WRITE
@@ -85,13 +85,7 @@ class AssignOwnerForm(forms.Form):
     )
 
     def clean(self):
-        cleaned = super().clean()
-        user, identity = cleaned.get("owner_user"), cleaned.get("owner_identity")
-        if user is None and identity is None and not self.has_error("owner_user"):
-            self.add_error("owner_user", "Choose the owner: a user or an Ethereum identity.")
-        elif user is not None and identity is not None:
-            self.add_error("owner_identity", "A model has one owner: choose a user or an identity.")
-        return cleaned
+        return check_one_owner(self, super().clean(), "model")
 
 
 @admin.register(Model)
