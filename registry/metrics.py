@@ -25,7 +25,10 @@ class Metric:
             return f"{self.name} lies between {self.minimum} and {self.maximum}"
         return None
 
-    def beats(self, current: float, baseline: float) -> bool:
+    def beats(self, current: float | None, baseline: float) -> bool:
+        """Whether `current` is better than `baseline` (no current value beats nothing)."""
+        if current is None:
+            return False
         return current > baseline if self.higher_is_better else current < baseline
 
     def improvement_percentage(self, current: float, baseline: float) -> float | None:

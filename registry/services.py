@@ -26,6 +26,7 @@ from registry import audit, mlflow
 from registry.attempts import ATTEMPT_MEMORY, forget_failed_attempts, registration_attempt
 from registry.metrics import METRICS
 from registry.models import Model, ModelVersion
+from registry.selectors import model_versions
 from webhooks.outbox import record_events
 
 READY = "READY"
@@ -277,9 +278,7 @@ def record_version(
         model.description = facts.description
     if facts.tags:
         model.tags = {**model.tags, **facts.tags}
-    beats = facts.current_value is not None and metric.beats(
-        facts.current_value, facts.baseline_value
-    )
+    beats = metric.beats(facts.current_value, facts.baseline_value)
     model.status = "ready_to_deploy" if beats else "registered"
     model.save()
     number = int(mlflow_version["version"])
@@ -479,12 +478,9 @@ def model_assign_owner(
             )
         model.owner_user = owner_user
         model.owner_identity = owner_identity
-        newest = model.versions.order_by("-version").first()
-        beats = (
-            newest is not None
-            and newest.current_value is not None
-            and METRICS[model.metric_name].beats(newest.current_value, model.baseline_value)
-        )
+        newest = model_versions(model).first()
+        current = newest.current_value if newest is not None else None
+        beats = METRICS[model.metric_name].beats(current, model.baseline_value)
         model.status = "ready_to_deploy" if beats else "registered"
         model.save(update_fields=["owner_user", "owner_identity", "status", "updated_at"])
         audit.model_owner_assigned(actor=actor, model=model, owner_label=model.owner_label)

@@ -273,10 +273,11 @@ class ModelDetailApi(APIView):
     def patch(self, request, model_id: str):
         serializer = self.UpdateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        # The model as loaded (its newest version with it), changed in place by the service.
         model = services.model_update(
             actor=caller_of(request), model=callers_view_of(model_id), **serializer.validated_data
         )
-        return Response(model_output(callers_view_of(model.model_id), request))
+        return Response(model_output(model, request))
 
 
 class ModelVersionsApi(APIView):
