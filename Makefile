@@ -71,6 +71,7 @@ bench: venv
 	$(PY) bench/health.py
 	$(PY) bench/auth.py
 	$(PY) bench/registry.py
+	$(PY) bench/webhooks.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

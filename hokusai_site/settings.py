@@ -237,8 +237,14 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 if REDIS_URL:
-    # A task not acknowledged within this long is handed to another worker.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # A task not acknowledged within this long is handed to another worker: longer than
+        # any delay a message waits in a worker (webhooks.delivery.ETA_LIMIT) plus its run.
+        "visibility_timeout": 3600,
+        # Publishing fails at once while Redis is down (kombu would try for seconds, holding
+        # the request that committed); what was not queued, the webhook sweep queues later.
+        "max_retries": 0,
+    }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE = {
     "flush-api-key-usage": {"task": "authkeys.flush_usage", "schedule": 60.0},
@@ -292,9 +298,63 @@ HOKUSAI_REGISTRATION_READY_TIMEOUT_SECONDS = _positive(
     "HOKUSAI_REGISTRATION_READY_TIMEOUT_SECONDS", float, 60.0
 )
 
-# --- Webhooks (delivery lands in the webhooks issue; the names keep the original meaning) ------
+# --- Webhooks ----------------------------------------------------------------------------------
+# WEBHOOK_TIMEOUT, WEBHOOK_URL, WEBHOOK_SECRET and ENABLE_REDIS_FALLBACK mean what they did in
+# the original platform.
+# Each of connect and read gives up after this long; the attempt then counts as failed.
 WEBHOOK_TIMEOUT = _positive("WEBHOOK_TIMEOUT", float, 10.0)
+# One receiver configured here rather than through the API; gets every event type.
+WEBHOOK_URL = _typed("WEBHOOK_URL", str, "").strip()
+WEBHOOK_SECRET = _typed("WEBHOOK_SECRET", str, "")
+if WEBHOOK_URL and not WEBHOOK_SECRET:
+    raise ImproperlyConfigured("WEBHOOK_SECRET must be set when WEBHOOK_URL is")
+
+
+def _schedule(name: str, default: str) -> tuple[float, ...]:
+    value = _typed(name, str, default)
+    try:
+        delays = tuple(float(part) for part in value.split(","))
+    except ValueError:
+        delays = ()
+    if not delays or any(not 0 < delay < 7 * 86400 for delay in delays):
+        raise ImproperlyConfigured(
+            f"{name} must be comma-separated delays in seconds, each above 0 and below a week; "
+            f"got {value!r}"
+        )
+    return delays
+
+
+# Seconds to wait before each retry; after the last one fails the delivery is `failed`.
+WEBHOOK_RETRY_SCHEDULE = _schedule(
+    "WEBHOOK_RETRY_SCHEDULE", "2,4,8,16,32,300,1800,7200,18000,36000,36000"
+)
+# Each wait is stretched by up to this fraction at random, so retries of many deliveries spread.
+WEBHOOK_RETRY_JITTER = _typed("WEBHOOK_RETRY_JITTER", float, 0.1)
+if not 0 <= WEBHOOK_RETRY_JITTER <= 1:
+    raise ImproperlyConfigured(f"WEBHOOK_RETRY_JITTER must be 0 to 1; got {WEBHOOK_RETRY_JITTER}")
+# Circuit breaker per endpoint: this many failures in a row hold its deliveries back for the
+# cooldown, then one probe decides; an endpoint failing for DISABLE_AFTER is disabled.
+WEBHOOK_BREAKER_FAILURES = _positive("WEBHOOK_BREAKER_FAILURES", int, 5)
+WEBHOOK_BREAKER_COOLDOWN_SECONDS = _positive("WEBHOOK_BREAKER_COOLDOWN_SECONDS", float, 60.0)
+WEBHOOK_DISABLE_AFTER_SECONDS = _positive("WEBHOOK_DISABLE_AFTER_SECONDS", float, 5 * 86400.0)
+# After a secret rotation the old secret signs too, for this long.
+WEBHOOK_SECRET_GRACE_SECONDS = _positive("WEBHOOK_SECRET_GRACE_SECONDS", float, 86400.0)
+# Beat's sweep: how often it runs, and how long a due delivery may wait in the queue before the
+# sweep enqueues it again (its message was lost: broker flushed, Redis down at commit, …).
+WEBHOOK_SWEEP_INTERVAL_SECONDS = _positive("WEBHOOK_SWEEP_INTERVAL_SECONDS", float, 5.0)
+WEBHOOK_REQUEUE_AFTER_SECONDS = _positive("WEBHOOK_REQUEUE_AFTER_SECONDS", float, 60.0)
+CELERY_BEAT_SCHEDULE["sweep-webhook-deliveries"] = {
+    "task": "webhooks.sweep",
+    "schedule": WEBHOOK_SWEEP_INTERVAL_SECONDS,
+}
+# Receivers on loopback, private, link-local or reserved addresses: for development and tests.
+HOKUSAI_WEBHOOK_ALLOW_PRIVATE = _bool(
+    "HOKUSAI_WEBHOOK_ALLOW_PRIVATE", ENVIRONMENT in ("development", "test")
+)
+# Also push every event onto Redis (hokusai:model_ready_queue), as the original platform did.
 ENABLE_REDIS_FALLBACK = _bool("ENABLE_REDIS_FALLBACK", False)
+if ENABLE_REDIS_FALLBACK and not REDIS_URL:
+    raise ImproperlyConfigured("ENABLE_REDIS_FALLBACK needs REDIS_URL")
 
 # --- Storage: S3 through django-storages when a bucket is set, local files otherwise -----------
 AWS_REGION = _typed("AWS_REGION", str, "us-east-1")
@@ -472,6 +532,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # `status` is a field of models and of deliveries with different choices: name each enum.
+    "ENUM_NAME_OVERRIDES": {"WebhookDeliveryStatusEnum": "webhooks.models.Delivery.STATUS_CHOICES"},
 }
 
 # --- CORS --------------------------------------------------------------------------------------

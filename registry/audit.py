@@ -156,3 +156,27 @@ def contribution_received(*, actor: Caller, contribution) -> AuditLog:
             "storage_name": contribution.storage_name,
         },
     )
+
+
+def webhook_endpoint_changed(
+    *, actor: Caller, endpoint, action: str, details: dict | None = None
+) -> AuditLog:
+    """`action`: created, updated, deleted, secret_rotated, disabled, enabled, breaker_reset.
+    Details never hold the secret."""
+    return record(
+        actor=actor,
+        action=f"webhook_endpoint.{action}",
+        target_type="webhook_endpoint",
+        target_id=endpoint.pk,
+        details={"url": endpoint.url, **(details or {})},
+    )
+
+
+def webhook_delivery_redelivered(*, actor: Caller, delivery) -> AuditLog:
+    return record(
+        actor=actor,
+        action="webhook_delivery.redelivered",
+        target_type="webhook_delivery",
+        target_id=delivery.pk,
+        details={"webhook_id": delivery.webhook_id, "endpoint": delivery.endpoint_id},
+    )
