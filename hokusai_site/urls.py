@@ -10,6 +10,8 @@ from registry.api.urls import compatibility_urlpatterns
 admin.site.site_header = "Hokusai administration"
 admin.site.site_title = "Hokusai admin"
 admin.site.index_title = "Model registry and serving platform"
+# Django's index with a webhooks summary on top (a template named admin/index.html would recurse).
+admin.site.index_template = "admin/hokusai_index.html"
 
 api_v1 = [
     path("health", views.HealthApi.as_view(), name="health"),
@@ -17,6 +19,7 @@ api_v1 = [
     path("docs", SpectacularSwaggerView.as_view(url_name="api-v1:schema"), name="docs"),
     path("", include("authkeys.api.urls")),
     path("", include("registry.api.urls")),
+    path("", include("webhooks.api.urls")),
 ]
 
 urlpatterns = [
