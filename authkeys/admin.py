@@ -109,6 +109,75 @@ def scopes_text(scopes: list[str]) -> str:
     return ", ".join(scopes) or "—"
 
 
+class OwnedSecretAdminMixin:
+    """For the admin of a thing with one owner and a secret shown once (an API key, a webhook
+    endpoint): an add form of its own (`add_form`), owner choices limited to active users and
+    Ethereum identities, and an add page that leads to the one-time secret page (titled
+    `add_title`), which `one_time_secret_response` also renders for a rotation.
+
+    On add, `save_model` creates the thing through its service and hands it over with
+    `adopt_created`. The page's template extends admin/one_time_secret.html, which shows
+    `secret` in the element with id `secret_id`; `one_time_secret_context` gives the rest."""
+
+    add_form: type[forms.ModelForm]
+    add_title: str
+    shown_once_template: str
+    shown_once_id = "one-time-secret"
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            kwargs["form"] = self.add_form
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "owner_user":
+            kwargs["queryset"] = (
+                get_user_model().objects.filter(is_active=True).order_by("username")
+            )
+        elif db_field.name == "owner_identity":
+            kwargs["queryset"] = EthIdentity.objects.filter(is_active=True).order_by("address")
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def render_change_form(self, request, context, add=False, change=False, **kwargs):
+        if add:
+            # Saving always leads to the one-time secret page.
+            context.update(show_save_and_add_another=False, show_save_and_continue=False)
+        return super().render_change_form(request, context, add=add, change=change, **kwargs)
+
+    def adopt_created(self, obj, created, secret: str) -> None:
+        """The admin goes on with the add form's unsaved copy (`obj`): make it the row the
+        service `created`, and keep the secret on this request's object only, for
+        `response_add` to render once."""
+        obj.pk = created.pk
+        obj.refresh_from_db()
+        obj._state.adding = False
+        obj.one_time_secret = secret
+
+    def response_add(self, request, obj, post_url_continue=None):
+        return self.one_time_secret_response(
+            request, obj, obj.one_time_secret, title=self.add_title
+        )
+
+    def one_time_secret_response(
+        self, request: HttpRequest, obj, secret: str, *, title: str
+    ) -> TemplateResponse:
+        """The page that shows a secret once, rendered into the response of the POST that made
+        it (the admin adds no-store cache headers to every view)."""
+        context = {
+            **self.admin_site.each_context(request),
+            "title": title,
+            "opts": self.opts,
+            "secret": secret,
+            "secret_id": self.shown_once_id,
+            **self.one_time_secret_context(request, obj),
+        }
+        return TemplateResponse(request, self.shown_once_template, context)
+
+    def one_time_secret_context(self, request: HttpRequest, obj) -> dict:
+        """What the page shows besides the secret: its subtitle and the thing's details."""
+        raise NotImplementedError
+
+
 # --- API keys ---------------------------------------------------------------------------------
 
 
@@ -220,7 +289,7 @@ class ApiKeySecretInline(ReadOnlyInline):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(ScopedAdmin):
+class ApiKeyAdmin(OwnedSecretAdminMixin, ScopedAdmin):
     list_display = [
         "name",
         "prefix",
@@ -244,6 +313,9 @@ class ApiKeyAdmin(ScopedAdmin):
     actions = ["revoke_selected", "rotate_selected"]
     add_form = ApiKeyCreateForm
     form = ApiKeyChangeForm
+    add_title = "New API key"
+    shown_once_template = "admin/authkeys/apikey/one_time_secret.html"
+    shown_once_id = "one-time-key"
     add_fieldsets = [
         (None, {"fields": ["name", "owner_user", "owner_identity"]}),
         (
@@ -301,26 +373,6 @@ class ApiKeyAdmin(ScopedAdmin):
     def get_inlines(self, request, obj):
         return [] if obj is None else [ApiKeySecretInline]
 
-    def get_form(self, request, obj=None, change=False, **kwargs):
-        if obj is None:
-            kwargs["form"] = self.add_form
-        return super().get_form(request, obj, change=change, **kwargs)
-
-    def formfield_for_foreignkey(self, db_field, request, **kwargs):
-        if db_field.name == "owner_user":
-            kwargs["queryset"] = (
-                get_user_model().objects.filter(is_active=True).order_by("username")
-            )
-        elif db_field.name == "owner_identity":
-            kwargs["queryset"] = EthIdentity.objects.filter(is_active=True).order_by("address")
-        return super().formfield_for_foreignkey(db_field, request, **kwargs)
-
-    def render_change_form(self, request, context, add=False, change=False, **kwargs):
-        if add:
-            # Saving always leads to the one-time key page.
-            context.update(show_save_and_add_another=False, show_save_and_continue=False)
-        return super().render_change_form(request, context, add=add, change=change, **kwargs)
-
     # --- columns and read-only facts ---
 
     @admin.display(description="prefix")
@@ -359,36 +411,19 @@ class ApiKeyAdmin(ScopedAdmin):
             rate_limit_per_minute=data["rate_limit_per_minute"],
             expires_at=data["expires_at"],
         )
-        # The admin goes on with the form's unsaved copy: make it the created row.
-        obj.pk = api_key.pk
-        obj.refresh_from_db()
-        obj._state.adding = False
-        # Kept on this request's object only, for response_add to render once.
-        obj.one_time_secret = secret
+        self.adopt_created(obj, api_key, secret)
 
-    def response_add(self, request, obj, post_url_continue=None):
-        return self.one_time_secret_response(request, obj, obj.one_time_secret, title="New API key")
-
-    def one_time_secret_response(
-        self, request: HttpRequest, api_key: ApiKey, secret: str, *, title: str
-    ) -> TemplateResponse:
-        """The page that shows a key once, rendered into the response of the POST that made
-        it (the admin adds no-store cache headers to every view)."""
+    def one_time_secret_context(self, request: HttpRequest, api_key: ApiKey) -> dict:
         api_key = self.get_queryset(request).get(pk=api_key.pk)
         previous = next(
             (s for s in api_key.secrets.all() if s.valid_until is not None), None
         )  # prefetched newest first: the secret this rotation replaced
-        context = {
-            **self.admin_site.each_context(request),
-            "title": title,
+        return {
             "subtitle": api_key.name,
-            "opts": self.opts,
             "api_key": api_key,
-            "key": secret,
             "scopes": scopes_text(api_key.scopes),
             "previous": previous,
         }
-        return TemplateResponse(request, "admin/authkeys/apikey/one_time_secret.html", context)
 
     @admin.action(description="Revoke selected API keys", permissions=["change"])
     def revoke_selected(self, request, queryset: QuerySet[ApiKey]) -> None:

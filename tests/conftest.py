@@ -214,6 +214,26 @@ def staff(django_user_model):
     )
 
 
+# A checksummed address (EIP-55) for Ethereum identities in tests.
+WALLET_ADDRESS = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
+
+
+@pytest.fixture
+def identity():
+    from authkeys.models import EthIdentity
+
+    return EthIdentity.objects.create(
+        address=WALLET_ADDRESS, label="wallet", scopes=["models:read"]
+    )
+
+
+@pytest.fixture
+def operator_client(client, staff):
+    """A client with a staff session (every scope)."""
+    client.force_login(staff)
+    return client
+
+
 @pytest.fixture
 def issue_key():
     """Issues a key through the service, as the system would: `issue_key(owner, scopes)`."""

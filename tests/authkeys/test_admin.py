@@ -13,6 +13,7 @@ from authkeys import services
 from authkeys.models import ApiKey, ApiKeySecret, EthIdentity
 from authkeys.principals import SYSTEM
 from registry.models import AuditLog
+from tests.conftest import WALLET_ADDRESS as ADDRESS
 
 pytestmark = pytest.mark.django_db
 
@@ -21,18 +22,6 @@ KEYS_ADMIN = "/admin/authkeys/apikey/"
 IDENTITIES_ADMIN = "/admin/authkeys/ethidentity/"
 AUDIT_ADMIN = "/admin/registry/auditlog/"
 KEY_IN_PAGE = re.compile(r"hk_(?:live|test)_[0-9A-Za-z]{38}")
-ADDRESS = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
-
-
-@pytest.fixture
-def operator_client(client, staff):
-    client.force_login(staff)
-    return client
-
-
-@pytest.fixture
-def identity():
-    return EthIdentity.objects.create(address=ADDRESS, label="wallet", scopes=["models:read"])
 
 
 def api_get(key: str):

@@ -4,7 +4,6 @@ the rows are made directly."""
 
 import pytest
 
-from authkeys.models import EthIdentity
 from authkeys.principals import SYSTEM, Caller, caller_from_user
 from authkeys.scopes import ADMIN, MODELS_READ
 from hokusai_site.errors import ApplicationError
@@ -14,7 +13,6 @@ from registry.models import AuditLog, Model, ModelVersion
 pytestmark = pytest.mark.django_db
 
 MODELS_ADMIN = "/admin/registry/model/"
-ADDRESS = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"
 
 
 def found_model(symbol: str, *versions: float | None, **fields) -> Model:
@@ -39,11 +37,6 @@ def found_model(symbol: str, *versions: float | None, **fields) -> Model:
             registered_by="sync",
         )
     return model
-
-
-@pytest.fixture
-def identity():
-    return EthIdentity.objects.create(address=ADDRESS, label="wallet", scopes=["models:read"])
 
 
 def owner_facts(model: Model) -> tuple:
