@@ -6,6 +6,7 @@ Every value can be overridden from the environment.
 
 import os
 import shutil
+import sys
 import tempfile
 
 bind = os.environ.get("HOKUSAI_BIND", "127.0.0.1:8001")
@@ -45,3 +46,18 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    # MODEL_SERVING_PRELOAD: each worker loads those models in the background as it starts.
+    from inference import services
+
+    services.preload_in_background()
+
+
+def worker_exit(server, worker):
+    # A worker keeps its last prediction log rows in memory until the next timed write: write
+    # them before it exits (a graceful stop, a max_requests recycle). The master calls this too,
+    # for a worker already gone; the module was never imported there, so there is nothing to do.
+    if "inference.prediction_log" in sys.modules:
+        sys.modules["inference.prediction_log"].flush()

@@ -1,5 +1,6 @@
 import logging
 import time
+from typing import Any
 
 from django.conf import settings
 
@@ -50,6 +51,17 @@ class RequestIdMiddleware:
         finally:
             current_request_id.reset(token)
             current_client_ip.reset(ip_token)
+
+
+class SettingValue:
+    """A class attribute read from settings on each access, for a view's `max_body_bytes`
+    (which RequestBodyLimitMiddleware reads from the view class)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance, owner) -> Any:
+        return getattr(settings, self.name)
 
 
 class RequestBodyLimitMiddleware:

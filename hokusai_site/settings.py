@@ -250,6 +250,7 @@ CELERY_BEAT_SCHEDULE = {
     "flush-api-key-usage": {"task": "authkeys.flush_usage", "schedule": 60.0},
     "republish-api-key-changes": {"task": "authkeys.republish_key_changes", "schedule": 60.0},
     "sync-registry": {"task": "registry.sync", "schedule": 300.0},
+    "prune-prediction-log": {"task": "inference.prune_prediction_log", "schedule": 86400.0},
 }
 # How often each worker records that it is alive (the health check reads these rows).
 CELERY_WORKER_HEARTBEAT_SECONDS = _positive("CELERY_WORKER_HEARTBEAT_SECONDS", float, 10.0)
@@ -355,6 +356,37 @@ HOKUSAI_WEBHOOK_ALLOW_PRIVATE = _bool(
 ENABLE_REDIS_FALLBACK = _bool("ENABLE_REDIS_FALLBACK", False)
 if ENABLE_REDIS_FALLBACK and not REDIS_URL:
     raise ImproperlyConfigured("ENABLE_REDIS_FALLBACK needs REDIS_URL")
+
+# --- Inference ---------------------------------------------------------------------------------
+# A load or a prediction that runs longer than this is answered 504.
+MODEL_SERVING_PREDICTION_TIMEOUT_SECONDS = _positive(
+    "MODEL_SERVING_PREDICTION_TIMEOUT_SECONDS", float, 30.0
+)
+# Loaded models kept per serving process: at most this many, and within this much memory.
+MODEL_SERVING_CACHE_MAX_MODELS = _positive("MODEL_SERVING_CACHE_MAX_MODELS", int, 8)
+MODEL_SERVING_CACHE_MAX_MEMORY_MB = _positive("MODEL_SERVING_CACHE_MAX_MEMORY_MB", int, 2048)
+# Model ids loaded when a serving process starts, comma-separated.
+MODEL_SERVING_PRELOAD = [
+    item.strip().lower() for item in _typed("MODEL_SERVING_PRELOAD", list, []) if item.strip()
+]
+# Larger prediction bodies are 413 before they are read; so are more rows than this.
+MODEL_SERVING_MAX_BODY_BYTES = _positive("MODEL_SERVING_MAX_BODY_BYTES", int, 10 * 1024**2)
+MODEL_SERVING_MAX_ROWS = _positive("MODEL_SERVING_MAX_ROWS", int, 10_000)
+# Which version serves (champion alias, else the latest READY) is looked up again after this long.
+MODEL_SERVING_VERSION_CACHE_SECONDS = _positive("MODEL_SERVING_VERSION_CACHE_SECONDS", float, 5.0)
+# A model that failed to load is tried again after this long, not on every request.
+MODEL_SERVING_LOAD_RETRY_SECONDS = _positive("MODEL_SERVING_LOAD_RETRY_SECONDS", float, 30.0)
+# The prediction log (inference.prediction_log) keeps each input's SHA-256; the input itself
+# only when this is on, since it may hold personal data.
+HOKUSAI_LOG_PREDICTION_PAYLOADS = _bool("HOKUSAI_LOG_PREDICTION_PAYLOADS", False)
+# Each process writes its rows in the background this often (and at once when 500 are waiting),
+# so a request never waits for them.
+PREDICTION_LOG_FLUSH_SECONDS = _positive("PREDICTION_LOG_FLUSH_SECONDS", float, 1.0)
+# While the database is down rows wait in memory, at most this many per process; then the
+# oldest go.
+PREDICTION_LOG_MAX_PENDING = _positive("PREDICTION_LOG_MAX_PENDING", int, 100_000)
+# Rows older than this are deleted by the daily prune task.
+PREDICTION_LOG_RETENTION_DAYS = _positive("PREDICTION_LOG_RETENTION_DAYS", int, 30)
 
 # --- Storage: S3 through django-storages when a bucket is set, local files otherwise -----------
 AWS_REGION = _typed("AWS_REGION", str, "us-east-1")

@@ -18,6 +18,7 @@ api_v1 = [
     path("schema", SpectacularAPIView.as_view(), name="schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="api-v1:schema"), name="docs"),
     path("", include("authkeys.api.urls")),
+    path("", include("inference.api.urls")),
     path("", include("registry.api.urls")),
     path("", include("webhooks.api.urls")),
 ]

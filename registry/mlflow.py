@@ -255,6 +255,36 @@ def set_model_version_tags(name: str, version: str, tags: dict[str, str]) -> Non
         )
 
 
+def get_model_version_by_alias(name: str, alias: str) -> dict | None:
+    """The version the alias points at, or None when the model has no such alias (which
+    MLflow answers with 400 INVALID_PARAMETER_VALUE, not RESOURCE_DOES_NOT_EXIST)."""
+    params = {"name": name, "alias": alias}
+    try:
+        return call("GET", "registered-models/alias", params=params)["model_version"]
+    except MlflowError as exc:
+        if exc.status in (400, 404):
+            return None
+        raise
+
+
+def download_model(name: str, version: str, destination: str) -> str:
+    """The files of a registered model version, fetched with MLflow's own client into
+    `destination`; returns the local path. The tracking server is reached at the resolver's
+    address (plain HTTP; over HTTPS the configured name, for its certificate)."""
+    from mlflow.artifacts import download_artifacts
+
+    # Asked here rather than passing models:/name/version: MLflow's client resolves that
+    # against its process-wide registry URI, whatever tracking_uri it is given.
+    params = {"name": name, "version": version}
+    source = call("GET", "model-versions/get-download-uri", params=params)["artifact_uri"]
+    target, resolution = resolve_upstream()
+    host = target.host if target.scheme == "https" else resolution.address
+    if ":" in host:
+        host = f"[{host}]"
+    tracking_uri = f"{target.scheme}://{host}:{target.port}{target.base_path}"
+    return download_artifacts(artifact_uri=source, dst_path=destination, tracking_uri=tracking_uri)
+
+
 def server_is_healthy(*, timeout: float) -> bool:
     """MLflow's own liveness route answers 200 "OK"."""
     response = request("GET", "/health", timeout=timeout)

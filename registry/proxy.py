@@ -41,6 +41,7 @@ from authkeys.permissions import HasScopes
 from authkeys.principals import Caller, caller_of
 from hokusai_site.dns import DnsResolutionError
 from hokusai_site.errors import ApplicationError
+from hokusai_site.middleware import SettingValue
 from registry import mlflow
 
 logger = logging.getLogger(__name__)
@@ -399,17 +400,6 @@ class ProxySessionAuthentication(SessionAuthentication):
 # --- The view ----------------------------------------------------------------------------------
 
 
-class _Setting:
-    """A class attribute read from settings on each access (the body-size middleware reads the
-    view class's `max_body_bytes`)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __get__(self, instance, owner) -> Any:
-        return getattr(settings, self.name)
-
-
 class MlflowProxyApi(APIView):
     authentication_classes = [
         ApiKeyAuthentication,
@@ -418,7 +408,7 @@ class MlflowProxyApi(APIView):
     ]
     permission_classes = [HasScopes]
     http_method_names = ["get", "head", "post", "put", "patch", "delete"]
-    max_body_bytes = _Setting("MLFLOW_PROXY_MAX_UPLOAD_BYTES")
+    max_body_bytes = SettingValue("MLFLOW_PROXY_MAX_UPLOAD_BYTES")
     # MLflow documents its own API; ours (OpenAPI) leaves it out.
     schema = None
 

@@ -114,6 +114,10 @@ class MlflowServer:
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):
     yield
+    from inference import prediction_log
+
+    with django_db_blocker.unblock():
+        prediction_log.flush()  # before the database goes, not at exit after it
     # Threads and processes outside the test's own connection (health checks, servers) may still
     # hold connections; PostgreSQL refuses to drop a database that is in use.
     with django_db_blocker.unblock(), connection.cursor() as cursor:

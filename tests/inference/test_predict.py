@@ -1,0 +1,397 @@
+"""POST /api/v1/models/{id}/predict against a real MLflow server with models logged by the stock
+client: answers equal to `mlflow models serve`, version choice, every refusal, the model cache
+and the prediction log."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+import urllib3
+from mlflow import MlflowClient
+
+from inference import model_cache, prediction_log, services
+from inference.models import PredictionLog
+from registry.models import Model
+from tests.conftest import VENV_BIN, free_port, stop_process, subprocess_env, wait_for_http
+
+pytestmark = pytest.mark.django_db
+
+# Logged once per test module by the stock client, in a process of its own.
+LOG_MODELS = """
+import json, time
+import mlflow, pandas as pd
+from mlflow.models import infer_signature
+from sklearn.linear_model import LogisticRegression
+
+features = pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "b": [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]})
+labels = [0, 0, 1, 1, 1, 1]
+
+class Raising(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        raise ZeroDivisionError("the model divided by zero")
+
+class Sleeping(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        time.sleep(3)
+        return [0] * len(model_input)
+
+logged = {}
+with mlflow.start_run() as run:
+    for name, c in (("first", 1.0), ("second", 0.01)):
+        fitted = LogisticRegression(C=c).fit(features, labels)
+        signature = infer_signature(features, fitted.predict(features))
+        logged[name] = mlflow.sklearn.log_model(fitted, name=name, signature=signature).model_id
+    for name, model in (("raising", Raising()), ("sleeping", Sleeping())):
+        # Requirements given: inferring them loads the model in a subprocess, for seconds.
+        logged[name] = mlflow.pyfunc.log_model(
+            name=name, python_model=model, pip_requirements=["mlflow"]
+        ).model_id
+logged["run_id"] = run.info.run_id
+print(json.dumps(logged))
+"""
+
+ROWS = {"a": [0.5, 4.5, 2.0], "b": [1.0, 0.0, 1.0]}
+BODIES = {
+    "dataframe_split": {
+        "dataframe_split": {"columns": ["a", "b"], "data": [[0.5, 1.0], [4.5, 0.0], [2.0, 1.0]]}
+    },
+    "dataframe_records": {
+        "dataframe_records": [{"a": 0.5, "b": 1.0}, {"a": 4.5, "b": 0.0}, {"a": 2.0, "b": 1.0}]
+    },
+    "instances": {"instances": [{"a": 0.5, "b": 1.0}, {"a": 4.5, "b": 0.0}, {"a": 2.0, "b": 1.0}]},
+    "inputs": {"inputs": ROWS},
+}
+
+
+@pytest.fixture(scope="module")
+def logged(mlflow_server) -> dict:
+    completed = subprocess.run(
+        [sys.executable, "-c", LOG_MODELS],
+        env=subprocess_env(MLFLOW_TRACKING_URI=mlflow_server.url),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(autouse=True)
+def fresh_serving_state(settings):
+    """Each test starts with nothing loaded and versions looked up afresh."""
+    settings.MODEL_SERVING_VERSION_CACHE_SECONDS = 0.001
+    model_cache.clear()
+    services._versions.clear()
+    yield
+    model_cache.clear()
+    prediction_log.flush()  # while this test may still use the database
+
+
+def registered(mlflow_server, logged, *sources: str) -> Model:
+    """A model in MLflow with a version per logged source, and its registry row."""
+    client = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
+    name = f"serve-{uuid.uuid4().hex[:10]}"
+    client.create_registered_model(name)
+    for source in sources:
+        client.create_model_version(
+            name, f"models:/{logged[source]}", run_id=logged["run_id"], model_id=logged[source]
+        )
+    token = f"T{uuid.uuid4().hex[:8]}".upper()
+    return Model.objects.create(
+        model_id=token.lower(),
+        token_symbol=token,
+        name=name,
+        metric_name="accuracy",
+        metric_direction="higher",
+        baseline_value=0.5,
+    )
+
+
+@pytest.fixture
+def predictor(owner, issue_key):
+    _, key = issue_key(owner, ["predict"])
+    return key
+
+
+def predict(client, key, model: Model | str, body, **headers):
+    model_id = model if isinstance(model, str) else model.model_id
+    data = body if isinstance(body, bytes | str) else json.dumps(body)
+    return client.post(
+        f"/api/v1/models/{model_id}/predict",
+        data,
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {key}",
+        **headers,
+    )
+
+
+def logged_rows(model: Model) -> list[PredictionLog]:
+    """The model's log rows (the writer commits them outside the test's transaction)."""
+    prediction_log.flush()
+    return list(PredictionLog.objects.filter(model_id=model.model_id).order_by("created_at"))
+
+
+# --- Answers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_predictions_equal_mlflow_models_serve_for_every_input_format(
+    client, predictor, running_mlflow, logged, tmp_path
+):
+    model = registered(running_mlflow, logged, "first")
+    port = free_port()
+    with open(tmp_path / "serve.log", "wb") as log:
+        serve = subprocess.Popen(
+            [
+                str(VENV_BIN / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                f"models:/{model.name}/1",
+                "--env-manager",
+                "local",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=subprocess_env(MLFLOW_TRACKING_URI=running_mlflow.url),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ping", timeout=120, process=serve)
+        http = urllib3.PoolManager()
+        for name, body in BODIES.items():
+            theirs = http.request(
+                "POST",
+                f"http://127.0.0.1:{port}/invocations",
+                body=json.dumps(body),
+                headers={"Content-Type": "application/json"},
+            )
+            ours = predict(client, predictor, model, body)
+            assert (theirs.status, ours.status_code) == (200, 200), (name, ours.content)
+            assert ours.json()["predictions"] == json.loads(theirs.data)["predictions"], name
+    finally:
+        stop_process(serve)
+
+
+def test_the_answer_names_the_version_and_its_log_row(client, predictor, mlflow_server, logged):
+    model = registered(mlflow_server, logged, "first")
+    response = predict(client, predictor, model, BODIES["dataframe_split"], HTTP_X_REQUEST_ID="r-1")
+    assert response.status_code == 200, response.content
+    answer = response.json()
+    assert list(answer) == [
+        "predictions",
+        "model_id",
+        "model_version",
+        "inference_log_id",
+        "request_id",
+    ]
+    assert (answer["model_id"], answer["model_version"], answer["request_id"]) == (
+        model.model_id,
+        "1",
+        "r-1",
+    )
+    assert answer["predictions"] == [0, 1, 1]
+    (row,) = logged_rows(model)
+    assert str(row.id) == answer["inference_log_id"]
+    assert (row.status, row.model_version, row.rows, row.caller_kind) == (200, "1", 3, "api_key")
+    assert row.payload == ""
+    assert len(row.input_sha256) == 64
+
+
+# --- Which version -----------------------------------------------------------------------------
+
+
+def test_latest_ready_then_explicit_then_champion(client, predictor, mlflow_server, logged):
+    model = registered(mlflow_server, logged, "first", "second")
+    body = BODIES["inputs"]
+    assert predict(client, predictor, model, body).json()["model_version"] == "2"
+    explicit = {**body, "options": {"model_version": "1"}}
+    assert predict(client, predictor, model, explicit).json()["model_version"] == "1"
+
+    client_ = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
+    client_.set_registered_model_alias(model.name, "champion", "1")
+    assert predict(client, predictor, model, body).json()["model_version"] == "1"
+
+
+def test_a_new_version_is_picked_up(client, predictor, mlflow_server, logged):
+    model = registered(mlflow_server, logged, "first")
+    assert predict(client, predictor, model, BODIES["inputs"]).json()["model_version"] == "1"
+    MlflowClient(tracking_uri=mlflow_server.url).create_model_version(
+        model.name,
+        f"models:/{logged['second']}",
+        run_id=logged["run_id"],
+        model_id=logged["second"],
+    )
+    assert predict(client, predictor, model, BODIES["inputs"]).json()["model_version"] == "2"
+
+
+# --- Refusals ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{not json", "malformed_json"),
+        (b"[1, 2]", "invalid_body"),
+        ({"inputs": ROWS, "instances": [[1, 2]]}, "input_format"),
+        ({"params": {}}, "input_format"),
+        ({"inputs": ROWS, "options": {"model_version": "latest"}}, "invalid_options"),
+    ],
+)
+def test_malformed_bodies_are_400(client, predictor, mlflow_server, logged, body, code):
+    model = registered(mlflow_server, logged, "first")
+    response = predict(client, predictor, model, body)
+    assert response.status_code == 400
+    assert response.json()["code"] == code
+
+
+def test_unknown_model_and_version(client, predictor, mlflow_server, logged):
+    assert predict(client, predictor, "nosuchmodel", BODIES["inputs"]).status_code == 404
+    model = registered(mlflow_server, logged, "first")
+    response = predict(
+        client, predictor, model, {**BODIES["inputs"], "options": {"model_version": 9}}
+    )
+    assert (response.status_code, response.json()["code"]) == (404, "version_not_found")
+
+
+def test_no_ready_version_is_409(client, predictor, mlflow_server, logged):
+    model = registered(mlflow_server, logged)
+    response = predict(client, predictor, model, BODIES["inputs"])
+    assert (response.status_code, response.json()["code"]) == (409, "no_ready_version")
+
+
+def test_input_against_the_signature_is_422_naming_the_column(
+    client, predictor, mlflow_server, logged
+):
+    model = registered(mlflow_server, logged, "first")
+    response = predict(client, predictor, model, {"dataframe_records": [{"a": 1.0}]})
+    assert response.status_code == 422
+    assert response.json()["code"] == "invalid_input"
+    assert "b" in response.json()["detail"]
+    wrong_type = {"dataframe_records": [{"a": "x", "b": 1.0}]}
+    response = predict(client, predictor, model, wrong_type)
+    assert response.status_code == 422
+    assert "Traceback" not in response.content.decode()
+
+
+def test_a_model_raising_is_422_with_the_error_class(client, predictor, mlflow_server, logged):
+    model = registered(mlflow_server, logged, "raising")
+    response = predict(client, predictor, model, BODIES["inputs"])
+    assert response.status_code == 422
+    assert response.json()["code"] == "model_error"
+    assert "ZeroDivisionError" in response.json()["detail"]
+    assert "Traceback" not in response.content.decode()
+
+
+def test_too_many_rows_and_too_large_a_body_are_413(
+    client, predictor, mlflow_server, logged, settings
+):
+    model = registered(mlflow_server, logged, "first")
+    settings.MODEL_SERVING_MAX_ROWS = 2
+    response = predict(client, predictor, model, BODIES["inputs"])
+    assert (response.status_code, response.json()["code"]) == (413, "too_many_rows")
+    settings.MODEL_SERVING_MAX_BODY_BYTES = 100
+    response = predict(client, predictor, model, {"inputs": {"a": [1.0] * 100, "b": [0.0] * 100}})
+    assert response.status_code == 413
+
+
+def test_a_prediction_past_the_timeout_is_504(client, predictor, mlflow_server, logged, settings):
+    model = registered(mlflow_server, logged, "sleeping")
+    settings.MODEL_SERVING_PREDICTION_TIMEOUT_SECONDS = 60
+    services.predict(model, services.read_request(b'{"inputs": [[1]]}'))  # loaded, not timed
+    settings.MODEL_SERVING_PREDICTION_TIMEOUT_SECONDS = 0.5
+    response = predict(client, predictor, model, {"inputs": [[1]]})
+    assert (response.status_code, response.json()["code"]) == (504, "prediction_timeout")
+
+
+def test_refused_callers_are_logged_too(client, owner, issue_key, mlflow_server, logged):
+    model = registered(mlflow_server, logged, "first")
+    _, reader = issue_key(owner, ["models:read"])
+    assert predict(client, reader, model, BODIES["inputs"]).status_code == 403
+    _, limited = issue_key(owner, ["predict"], rate_limit_per_minute=1)
+    assert predict(client, limited, model, BODIES["inputs"]).status_code == 200
+    assert predict(client, limited, model, BODIES["inputs"]).status_code == 429
+    statuses = [(row.status, row.error_code, row.caller_label[:8]) for row in logged_rows(model)]
+    assert [status for status, _, _ in statuses] == [403, 200, 429]
+    assert statuses[0][1] == "insufficient_scope"
+    assert all(label.startswith("hk_") for _, _, label in statuses)
+
+
+# --- The model cache ---------------------------------------------------------------------------
+
+
+def test_concurrent_first_requests_load_once(mlflow_server, logged):
+    model = registered(mlflow_server, logged, "first")
+    request = services.read_request(json.dumps(BODIES["inputs"]).encode())
+    loads_before = model_cache.metrics.LOADS._value.get()
+    results, errors = [], []
+
+    def call():
+        try:
+            results.append(services.predict(model, request).model_version)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert results == ["1"] * 8
+    assert model_cache.metrics.LOADS._value.get() - loads_before == 1
+
+
+def test_eviction_by_count(mlflow_server, logged, settings):
+    settings.MODEL_SERVING_CACHE_MAX_MODELS = 1
+    model = registered(mlflow_server, logged, "first", "second")
+    for version in ("1", "2"):
+        body = {**BODIES["inputs"], "options": {"model_version": version}}
+        services.predict(model, services.read_request(json.dumps(body).encode()))
+    assert not model_cache.is_loaded((model.name, "1"))
+    assert model_cache.is_loaded((model.name, "2"))
+
+
+def test_health_says_whether_the_serving_version_is_loaded(
+    client, owner, issue_key, mlflow_server, logged
+):
+    model = registered(mlflow_server, logged, "first")
+    _, key = issue_key(owner, ["predict"])
+    url = f"/api/v1/models/{model.model_id}/health"
+    before = client.get(url, HTTP_AUTHORIZATION=f"Bearer {key}").json()
+    assert (before["model_version"], before["loaded"]) == ("1", False)
+    predict(client, key, model, BODIES["inputs"])
+    after = client.get(url, HTTP_AUTHORIZATION=f"Bearer {key}").json()
+    assert (after["loaded"], after["ready"]) == (True, True)
+
+
+@pytest.mark.slow
+def test_a_preloaded_model_is_loaded_before_its_first_prediction(
+    web_server_factory, mlflow_server, logged, owner, issue_key
+):
+    model = registered(mlflow_server, logged, "first")
+    _, key = issue_key(owner, ["predict"])
+    base_url = web_server_factory(
+        MODEL_SERVING_PRELOAD=model.model_id, MLFLOW_TRACKING_URI=mlflow_server.url
+    )
+    http = urllib3.PoolManager(headers={"Authorization": f"Bearer {key}"})
+    deadline = time.monotonic() + 60
+    while True:
+        health = json.loads(
+            http.request("GET", f"{base_url}/api/v1/models/{model.model_id}/health").data
+        )
+        if health["loaded"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert (health["loaded"], health["model_version"]) == (True, "1")
