@@ -308,6 +308,12 @@ def http_get_json(url: str, *, timeout: float = 5.0) -> tuple[int, Any]:
     return status, json.loads(body)
 
 
+def close_http_connections() -> None:
+    """Closes the keep-alive connections http_get and wait_for_http left open: stopped while a
+    client holds one, gunicorn's gthread worker waits its whole graceful_timeout (gunicorn 26)."""
+    _http.clear()
+
+
 def wait_for_http(url: str, *, service: Service, timeout: float) -> None:
     """Poll `url` until it answers 200; fail early, with the log, if the service exits."""
     deadline = time.monotonic() + timeout
