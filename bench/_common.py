@@ -48,6 +48,20 @@ WRK_MISSING = (
 INHERITED_ENV = ("HOME", "LANG", "LC_ALL", "LC_CTYPE", "USER", "LOGNAME", "TERM", "TZ")
 
 
+def manage(env: dict[str, str], *arguments: str, timeout: float = 900) -> str:
+    """`manage.py <arguments>` in the benchmark's environment; its stdout."""
+    completed = subprocess.run(
+        [sys.executable, "manage.py", *arguments],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=timeout,
+    )
+    return completed.stdout
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

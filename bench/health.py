@@ -128,6 +128,22 @@ def shared_settings(var_dir: Path, mlflow_port: int) -> dict[str, str]:
     }
 
 
+def served_settings(
+    var_dir: Path, *, mlflow_port: int, port: int, database: str, redis_url: str
+) -> dict[str, str]:
+    """shared_settings on a benchmark's own database and Redis db, for a gunicorn it loads."""
+    return {
+        **shared_settings(var_dir, mlflow_port),
+        "DATABASE_URL": database_url(database),
+        "REDIS_URL": redis_url,
+        "HOKUSAI_BIND": f"127.0.0.1:{port}",
+        # Recycling a worker mid-run would charge its start-up to whichever run it hit.
+        "GUNICORN_MAX_REQUESTS": "0",
+        # Loopback only: no usage reports from MLflow to its telemetry service.
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+
+
 def server_command(variant: Variant, port: int) -> list[str]:
     if variant.server == "uvicorn":
         return [

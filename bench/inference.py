@@ -48,7 +48,6 @@ from _common import (
     WrkResult,
     base_env,
     close_http_connections,
-    database_url,
     ensure_database,
     format_table,
     free_port,
@@ -56,6 +55,7 @@ from _common import (
     gunicorn_worker_model,
     log_tail,
     machine_facts,
+    manage,
     parse_wrk,
     require_wrk,
     server_log_notes,
@@ -319,30 +319,13 @@ def parse_args() -> argparse.Namespace:
 
 
 def shared_settings(var_dir: Path, mlflow_port: int, port: int) -> dict[str, str]:
-    """bench/health.py's production settings, on this benchmark's own database and Redis db."""
-    return {
-        **health.shared_settings(var_dir, mlflow_port),
-        "DATABASE_URL": database_url(BENCH_DATABASE),
-        "REDIS_URL": BENCH_REDIS_URL,
-        "HOKUSAI_BIND": f"127.0.0.1:{port}",
-        # Recycling a worker mid-run would charge its start-up to whichever run it hit.
-        "GUNICORN_MAX_REQUESTS": "0",
-        # Loopback only: no usage reports from MLflow to its telemetry service.
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
-
-
-def manage(env: dict[str, str], *arguments: str) -> str:
-    completed = subprocess.run(
-        [sys.executable, "manage.py", *arguments],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
+    return health.served_settings(
+        var_dir,
+        mlflow_port=mlflow_port,
+        port=port,
+        database=BENCH_DATABASE,
+        redis_url=BENCH_REDIS_URL,
     )
-    return completed.stdout
 
 
 # --- Servers -------------------------------------------------------------------------------------

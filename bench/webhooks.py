@@ -30,7 +30,6 @@ from pathlib import Path
 import health
 from _common import (
     REDIS_HOST_PORT,
-    REPO_ROOT,
     Services,
     base_env,
     database_url,
@@ -40,6 +39,7 @@ from _common import (
     group_usage,
     http_get_json,
     machine_facts,
+    manage,
     shell_line,
     step,
     stop_on_sigterm,
@@ -213,16 +213,8 @@ def arguments() -> argparse.Namespace:
 
 
 def django(env: dict[str, str], code: str) -> str:
-    completed = subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c", code],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=900,
-    )
-    return completed.stdout.strip().splitlines()[-1]
+    """The last line `code` prints, run by `manage.py shell`."""
+    return manage(env, "shell", "-c", code).strip().splitlines()[-1]
 
 
 def arrivals(receiver_url: str) -> dict[str, float]:
@@ -339,13 +331,7 @@ def main() -> None:
             command = ["celery", "--app", "hokusai_site", "worker", *model.arguments]
             print(f"  {model.name}: {model.processes} x {shell_line(command)}")
         with step("migrate, receiver, endpoint, beat"):
-            subprocess.run(
-                [sys.executable, "manage.py", "migrate"],
-                cwd=REPO_ROOT,
-                env=env,
-                check=True,
-                capture_output=True,
-            )
+            manage(env, "migrate")
             receiver = services.start(
                 "receiver", [sys.executable, "-c", RECEIVER, str(receiver_port)], env
             )
