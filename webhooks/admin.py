@@ -127,6 +127,9 @@ class CircuitFilter(admin.SimpleListFilter):
         return queryset
 
 
+EDITABLE_ENDPOINT_FIELDS = ("url", "description", "event_types")
+
+
 @admin.register(WebhookEndpoint)
 class WebhookEndpointAdmin(OwnedSecretAdminMixin, ScopedAdmin):
     view_scope = WEBHOOKS_MANAGE
@@ -176,19 +179,12 @@ class WebhookEndpointAdmin(OwnedSecretAdminMixin, ScopedAdmin):
         ),
         (None, {"fields": ["created_at", "updated_at"]}),
     ]
+    # Everything on the change page but the URL, description and event types is shown only.
     change_readonly_fields = [
-        "owner",
-        "from_settings",
-        "secret_hint",
-        "previous_secret_expires_at",
-        "is_active",
-        "disabled_reason",
-        "circuit",
-        "consecutive_failures",
-        "failing_since",
-        "circuit_open_until",
-        "created_at",
-        "updated_at",
+        field
+        for _, options in change_fieldsets
+        for field in options["fields"]
+        if field not in EDITABLE_ENDPOINT_FIELDS
     ]
 
     def get_queryset(self, request):
