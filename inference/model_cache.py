@@ -21,7 +21,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from inference import metrics
+from inference import fast_path, metrics
 from registry import mlflow as registry_mlflow
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class ModelLoadFailed(Exception):
 @dataclass
 class Loaded:
     model: object  # mlflow.pyfunc.PyFuncModel
+    fast_path: fast_path.Plan | None  # how it skips pandas, when it can
     path: str  # its files, kept while it is cached
     size_bytes: int
     loaded_at: float
@@ -135,7 +136,13 @@ def _load(key: Key) -> Loaded:
     metrics.LOAD_SECONDS.observe(seconds)
     size = max(_disk_bytes(Path(path)), _rss_bytes() - rss_before)
     logger.info("loaded %s version %s in %.2fs (~%d MiB)", name, version, seconds, size >> 20)
-    return Loaded(model=model, path=path, size_bytes=size, loaded_at=time.time())
+    return Loaded(
+        model=model,
+        fast_path=fast_path.plan_for(model),
+        path=path,
+        size_bytes=size,
+        loaded_at=time.time(),
+    )
 
 
 def _why(exc: Exception, path: Path) -> str:

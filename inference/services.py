@@ -5,6 +5,7 @@ returns for the same model and input."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -18,7 +19,7 @@ from django import db
 from django.conf import settings
 
 from hokusai_site.errors import ApplicationError
-from inference import model_cache
+from inference import fast_path, model_cache
 from registry import mlflow
 from registry.models import Model
 
@@ -152,26 +153,20 @@ def predict(model: Model, request: PredictionRequest) -> Prediction:
 
 def _load_and_predict(key: model_cache.Key, inputs: dict) -> tuple[object, int]:
     from mlflow.exceptions import MlflowException
-    from mlflow.pyfunc.scoring_server import infer_and_parse_data
 
     try:
-        model = model_cache.get(key).model
+        loaded = model_cache.get(key)
     except model_cache.ModelLoadFailed as exc:
         raise ApplicationError(
             "model_load_failed", f"Version {key[1]} cannot be loaded here: {exc}", status=409
         ) from None
-    params = inputs.get("params")
-    try:
-        data = infer_and_parse_data(
-            {k: v for k, v in inputs.items() if k != "params"},
-            model.metadata.get_input_schema(),
-        )
-    except MlflowException as exc:
-        raise ApplicationError("invalid_input", _first_line(exc.message), status=422) from None
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ApplicationError(
-            "invalid_input", f"{type(exc).__name__}: {_first_line(str(exc))}", status=422
-        ) from None
+    plan = loaded.fast_path
+    data = fast_path.read(plan, inputs) if plan is not None else None
+    if data is not None:
+        predict = plan.predict
+    else:
+        data = _parse(loaded.model, inputs)
+        predict = functools.partial(_pyfunc_predict, loaded.model, inputs.get("params"))
     rows = _row_count(data)
     if rows > settings.MODEL_SERVING_MAX_ROWS:
         raise ApplicationError(
@@ -180,7 +175,7 @@ def _load_and_predict(key: model_cache.Key, inputs: dict) -> tuple[object, int]:
             status=413,
         )
     try:
-        raw = model.predict(data, params=params) if params else model.predict(data)
+        return predict(data), rows
     except MlflowException as exc:
         # Chiefly the signature: a missing column, a type that does not convert.
         raise ApplicationError("invalid_input", _schema_problem(exc.message), status=422) from None
@@ -190,7 +185,28 @@ def _load_and_predict(key: model_cache.Key, inputs: dict) -> tuple[object, int]:
             f"The model raised {type(exc).__name__}: {_first_line(str(exc))}",
             status=422,
         ) from None
-    return raw, rows
+
+
+def _parse(model, inputs: dict) -> object:
+    """The input as MLflow's scoring server reads it, against the model's signature."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc.scoring_server import infer_and_parse_data
+
+    try:
+        return infer_and_parse_data(
+            {k: v for k, v in inputs.items() if k != "params"},
+            model.metadata.get_input_schema(),
+        )
+    except MlflowException as exc:
+        raise ApplicationError("invalid_input", _first_line(exc.message), status=422) from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ApplicationError(
+            "invalid_input", f"{type(exc).__name__}: {_first_line(str(exc))}", status=422
+        ) from None
+
+
+def _pyfunc_predict(model, params: dict | None, data: object) -> object:
+    return model.predict(data, params=params) if params else model.predict(data)
 
 
 def encode(prediction: Prediction, **metadata: object) -> str:

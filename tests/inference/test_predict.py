@@ -64,6 +64,10 @@ BODIES = {
     "dataframe_records": {
         "dataframe_records": [{"a": 0.5, "b": 1.0}, {"a": 4.5, "b": 0.0}, {"a": 2.0, "b": 1.0}]
     },
+    # Columns in another order, and integers for doubles (as JavaScript writes 1.0).
+    "dataframe_split, b before a": {
+        "dataframe_split": {"columns": ["b", "a"], "data": [[1, 0.5], [0, 4.5], [1, 2]]}
+    },
     "instances": {"instances": [{"a": 0.5, "b": 1.0}, {"a": 4.5, "b": 0.0}, {"a": 2.0, "b": 1.0}]},
     "inputs": {"inputs": ROWS},
 }
@@ -182,6 +186,8 @@ def test_predictions_equal_mlflow_models_serve_for_every_input_format(
             assert ours.json()["predictions"] == json.loads(theirs.data)["predictions"], name
     finally:
         stop_process(serve)
+    # The dataframe bodies took inference.fast_path, the others MLflow's own path.
+    assert model_cache.get((model.name, "1")).fast_path is not None
 
 
 def test_the_answer_names_the_version_and_its_log_row(client, predictor, mlflow_server, logged):
