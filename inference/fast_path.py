@@ -65,7 +65,10 @@ def plan_for(model) -> Plan | None:
         return None
     dtype = DTYPES.get(type_names.pop())
     estimator = model.get_raw_model()
-    if dtype is None or not _reads_only_the_array(estimator):
+    try:
+        if dtype is None or not _reads_only_the_array(estimator):
+            return None
+    except Exception:  # e.g. pickled by another scikit-learn: MLflow's path says what is wrong
         return None
     columns = tuple(schema.input_names())
     fitted_names = getattr(estimator, "feature_names_in_", None)

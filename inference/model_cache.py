@@ -37,6 +37,7 @@ class ModelLoadFailed(Exception):
 class Loaded:
     model: object  # mlflow.pyfunc.PyFuncModel
     fast_path: fast_path.Plan | None  # how it skips pandas, when it can
+    saved_with: str  # the libraries it was saved with that differ from ours, if any
     path: str  # its files, kept while it is cached
     size_bytes: int
     loaded_at: float
@@ -128,9 +129,10 @@ def _load(key: Key) -> Loaded:
         local = registry_mlflow.download_model(name, version, path)
         model = load_model(local)
     except Exception as exc:  # whatever the flavour's loader raises, the caller needs words
+        why = _why(exc, Path(path))  # before the files, which say what it was saved with, go
         shutil.rmtree(path, ignore_errors=True)
         metrics.LOAD_FAILURES.inc()
-        raise ModelLoadFailed(_why(exc, Path(path))) from exc
+        raise ModelLoadFailed(why) from exc
     seconds = time.monotonic() - started
     metrics.LOADS.inc()
     metrics.LOAD_SECONDS.observe(seconds)
@@ -139,6 +141,7 @@ def _load(key: Key) -> Loaded:
     return Loaded(
         model=model,
         fast_path=fast_path.plan_for(model),
+        saved_with=", ".join(_version_mismatches(Path(path))),
         path=path,
         size_bytes=size,
         loaded_at=time.time(),
@@ -148,11 +151,13 @@ def _load(key: Key) -> Loaded:
 def _why(exc: Exception, path: Path) -> str:
     """The loader's complaint, with the library versions the model was saved with when they
     differ from ours (the usual cause: a model pickled by another scikit-learn)."""
-    message = f"{type(exc).__name__}: {exc}"[:500]
-    mismatches = _version_mismatches(path)
-    if mismatches:
-        message += " (saved with " + ", ".join(mismatches) + ")"
-    return message
+    return f"{type(exc).__name__}: {exc}"[:500] + saved_with_note(
+        ", ".join(_version_mismatches(path))
+    )
+
+
+def saved_with_note(saved_with: str) -> str:
+    return f" (saved with {saved_with})" if saved_with else ""
 
 
 def _version_mismatches(path: Path) -> list[str]:

@@ -32,11 +32,20 @@ SUPPORTED_FORMATS = ("dataframe_records", "dataframe_split", "instances", "input
 CHAMPION = "champion"
 READY = "READY"
 
-# Loads and predictions run here, so a request can give up on one that runs too long (504)
-# while it finishes in the background (a thread cannot be stopped).
+# Loads, predictions and version look-ups run here, so a request can give up on one that runs
+# too long (504) while it finishes in the background (a thread cannot be stopped).
 _executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="predict")
+# What model ids and version requests resolved to, per process: (expires, value).
+_models: dict[str, tuple[float, ServedModel]] = {}
 _versions: dict[tuple[str, str | None], tuple[float, str]] = {}
-_versions_lock = threading.Lock()
+_refreshing: set[tuple[str, str | None]] = set()
+_refreshing_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    model_id: str
+    name: str  # the MLflow registered model
 
 
 @dataclass(frozen=True)
@@ -83,17 +92,39 @@ def read_request(body: bytes) -> PredictionRequest:
     return PredictionRequest(inputs, None if version is None else str(version))
 
 
-def serving_version(model: Model, requested: str | None) -> str:
-    """`requested` if it exists and is READY; else the `champion` alias's version; else the
-    latest READY version. Looked up in MLflow at most every MODEL_SERVING_VERSION_CACHE_SECONDS."""
-    key = (model.name, requested)
-    now = time.monotonic()
-    with _versions_lock:
-        cached = _versions.get(key)
-    if cached is not None and cached[0] > now:
+def served_model(model_id: str) -> ServedModel:
+    """The registered model `model_id` names (404 when none does), read from the database at
+    most every MODEL_SERVING_VERSION_CACHE_SECONDS."""
+    model_id = model_id.lower()
+    cached = _models.get(model_id)
+    if cached is not None and cached[0] > time.monotonic():
         return cached[1]
+    name = Model.objects.filter(model_id=model_id).values_list("name", flat=True).first()
+    if name is None:
+        raise ApplicationError("not_found", f"No model has the id {model_id!r}.", status=404)
+    served = ServedModel(model_id, name)
+    _models[model_id] = (time.monotonic() + settings.MODEL_SERVING_VERSION_CACHE_SECONDS, served)
+    return served
+
+
+def serving_version(model: ServedModel, requested: str | None) -> str:
+    """`requested` if it exists and is READY; else the `champion` alias's version; else the
+    latest READY version. Looked up in MLflow on first use, then again in the background
+    every MODEL_SERVING_VERSION_CACHE_SECONDS; meanwhile, and while MLflow is out of reach,
+    the version last seen keeps serving."""
+    key = (model.name, requested)
+    cached = _versions.get(key)
+    if cached is None:
+        return _look_up(key)
+    expires, version = cached
+    if expires <= time.monotonic():
+        _refresh_in_background(key, version)
+    return version
+
+
+def _look_up(key: tuple[str, str | None]) -> str:
     try:
-        version = _resolve(model.name, requested)
+        version = _resolve(*key)
     except mlflow.MlflowUnavailable:
         raise ApplicationError(
             "mlflow_unavailable", "MLflow cannot be reached to find the version.", status=503
@@ -104,9 +135,31 @@ def serving_version(model: Model, requested: str | None) -> str:
             f"MLflow refused to say which version serves: {exc.message}",
             status=502,
         ) from None
-    with _versions_lock:
-        _versions[key] = (now + settings.MODEL_SERVING_VERSION_CACHE_SECONDS, version)
+    _versions[key] = (time.monotonic() + settings.MODEL_SERVING_VERSION_CACHE_SECONDS, version)
     return version
+
+
+def _refresh_in_background(key: tuple[str, str | None], last_version: str) -> None:
+    with _refreshing_lock:
+        if key in _refreshing:
+            return
+        _refreshing.add(key)
+    _executor.submit(_refresh, key, last_version)
+
+
+def _refresh(key: tuple[str, str | None], last_version: str) -> None:
+    try:
+        _look_up(key)
+    except ApplicationError as exc:
+        logger.warning("serving version of %s: %s", key[0], exc.message)
+        if exc.status in (502, 503):  # MLflow out of reach: asked again after a while
+            expires = time.monotonic() + settings.MODEL_SERVING_VERSION_CACHE_SECONDS
+            _versions[key] = (expires, last_version)
+        else:  # the version is gone or no longer ready: the next request is told why
+            _versions.pop(key, None)
+    finally:
+        with _refreshing_lock:
+            _refreshing.discard(key)
 
 
 def _resolve(name: str, requested: str | None) -> str:
@@ -136,8 +189,8 @@ def _not_ready(message: str) -> ApplicationError:
     return ApplicationError("no_ready_version", message, status=409)
 
 
-def predict(model: Model, request: PredictionRequest) -> Prediction:
-    version = serving_version(model, request.model_version)
+def predict(model: ServedModel, version: str, request: PredictionRequest) -> Prediction:
+    """`version` (from serving_version) of the model on the request's input."""
     future = _executor.submit(_load_and_predict, (model.name, version), request.inputs)
     try:
         raw, rows = future.result(timeout=settings.MODEL_SERVING_PREDICTION_TIMEOUT_SECONDS)
@@ -182,7 +235,8 @@ def _load_and_predict(key: model_cache.Key, inputs: dict) -> tuple[object, int]:
     except Exception as exc:  # the model's own code refused the input
         raise ApplicationError(
             "model_error",
-            f"The model raised {type(exc).__name__}: {_first_line(str(exc))}",
+            f"The model raised {type(exc).__name__}: {_first_line(str(exc))}"
+            + model_cache.saved_with_note(loaded.saved_with),
             status=422,
         ) from None
 
@@ -247,15 +301,10 @@ def preload_in_background() -> None:
 
 
 def _preload() -> None:
-    wanted = settings.MODEL_SERVING_PRELOAD
-    models = {model.model_id: model for model in Model.objects.filter(model_id__in=wanted)}
-    db.connection.close()  # this thread's own; the loads below can take a while
-    for model_id in wanted:
-        model = models.get(model_id)
-        if model is None:
-            logger.warning("MODEL_SERVING_PRELOAD names an unknown model: %s", model_id)
-            continue
+    for model_id in settings.MODEL_SERVING_PRELOAD:
         try:
+            model = served_model(model_id)
             model_cache.get((model.name, serving_version(model, None)))
         except (ApplicationError, model_cache.ModelLoadFailed) as exc:
             logger.warning("could not preload %s: %s", model_id, exc)
+    db.connection.close()  # this thread's own

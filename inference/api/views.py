@@ -7,7 +7,6 @@ import time
 import uuid
 
 from django.http import HttpResponse
-from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
@@ -20,12 +19,6 @@ from authkeys.principals import caller_of
 from authkeys.scopes import PREDICT
 from hokusai_site.middleware import SettingValue
 from inference import metrics, model_cache, prediction_log, services
-from registry.models import Model
-
-
-def _registered(model_id: str) -> Model:
-    registered = Model.objects.only("id", "model_id", "name")
-    return get_object_or_404(registered, model_id=model_id.lower())
 
 
 def _who(request) -> tuple[str, str]:
@@ -62,12 +55,14 @@ class PredictApi(APIView):
         responses=OpenApiTypes.OBJECT,
     )
     def post(self, request, model_id: str):
-        model = _registered(model_id)
+        model = services.served_model(model_id)
         # Read as a stream: `request.body` stops at DATA_UPLOAD_MAX_MEMORY_SIZE, and the
         # middleware has already refused anything over MODEL_SERVING_MAX_BODY_BYTES.
         self.body = request._request.read()
-        prediction = services.predict(model, services.read_request(self.body))
-        self.served_version, self.rows = prediction.model_version, prediction.rows
+        prediction_request = services.read_request(self.body)
+        self.served_version = services.serving_version(model, prediction_request.model_version)
+        prediction = services.predict(model, self.served_version, prediction_request)
+        self.rows = prediction.rows
         content = services.encode(
             prediction,
             model_id=model.model_id,
@@ -112,7 +107,7 @@ class ModelHealthApi(APIView):
         summary="Whether the serving version is loaded here", responses=OpenApiTypes.OBJECT
     )
     def get(self, request, model_id: str):
-        model = _registered(model_id)
+        model = services.served_model(model_id)
         version = services.serving_version(model, None)
         key = (model.name, version)
         loaded = model_cache.is_loaded(key)

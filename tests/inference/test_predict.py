@@ -91,6 +91,7 @@ def fresh_serving_state(settings):
     """Each test starts with nothing loaded and versions looked up afresh."""
     settings.MODEL_SERVING_VERSION_CACHE_SECONDS = 0.001
     model_cache.clear()
+    services._models.clear()
     services._versions.clear()
     yield
     model_cache.clear()
@@ -133,6 +134,24 @@ def predict(client, key, model: Model | str, body, **headers):
         HTTP_AUTHORIZATION=f"Bearer {key}",
         **headers,
     )
+
+
+def served(model: Model, body: dict) -> services.Prediction:
+    """The prediction for `body`, through the services, without HTTP."""
+    request = services.read_request(json.dumps(body).encode())
+    version = services.serving_version(model, request.model_version)
+    return services.predict(model, version, request)
+
+
+def served_version_soon(client, key, model: Model, body: dict, wanted: str) -> str:
+    """The version serving `body`, once it is `wanted` or after a few seconds: a change in
+    MLflow is picked up by a look-up in the background, answers meanwhile keep the last one."""
+    deadline = time.monotonic() + 10
+    while True:
+        version = predict(client, key, model, body).json()["model_version"]
+        if version == wanted or time.monotonic() > deadline:
+            return version
+        time.sleep(0.05)
 
 
 def logged_rows(model: Model) -> list[PredictionLog]:
@@ -227,7 +246,7 @@ def test_latest_ready_then_explicit_then_champion(client, predictor, mlflow_serv
 
     client_ = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
     client_.set_registered_model_alias(model.name, "champion", "1")
-    assert predict(client, predictor, model, body).json()["model_version"] == "1"
+    assert served_version_soon(client, predictor, model, body, "1") == "1"
 
 
 def test_a_new_version_is_picked_up(client, predictor, mlflow_server, logged):
@@ -239,7 +258,23 @@ def test_a_new_version_is_picked_up(client, predictor, mlflow_server, logged):
         run_id=logged["run_id"],
         model_id=logged["second"],
     )
-    assert predict(client, predictor, model, BODIES["inputs"]).json()["model_version"] == "2"
+    assert served_version_soon(client, predictor, model, BODIES["inputs"], "2") == "2"
+
+
+def test_while_mlflow_is_out_of_reach_the_last_version_keeps_serving(
+    client, predictor, mlflow_server, logged, settings
+):
+    model = registered(mlflow_server, logged, "first")
+    assert predict(client, predictor, model, BODIES["inputs"]).status_code == 200
+    settings.MLFLOW_TRACKING_URI = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    for _ in range(20):  # each one past the version's cache time: looked up again, and again
+        time.sleep(0.01)
+        response = predict(client, predictor, model, BODIES["inputs"])
+        assert (response.status_code, response.json()["model_version"]) == (200, "1")
+    # A model never served here cannot be: which version is unknown.
+    other = registered(mlflow_server, logged)
+    response = predict(client, predictor, other, BODIES["inputs"])
+    assert (response.status_code, response.json()["code"]) == (503, "mlflow_unavailable")
 
 
 # --- Refusals ----------------------------------------------------------------------------------
@@ -315,7 +350,7 @@ def test_too_many_rows_and_too_large_a_body_are_413(
 def test_a_prediction_past_the_timeout_is_504(client, predictor, mlflow_server, logged, settings):
     model = registered(mlflow_server, logged, "sleeping")
     settings.MODEL_SERVING_PREDICTION_TIMEOUT_SECONDS = 60
-    services.predict(model, services.read_request(b'{"inputs": [[1]]}'))  # loaded, not timed
+    served(model, {"inputs": [[1]]})  # loaded, not timed
     settings.MODEL_SERVING_PREDICTION_TIMEOUT_SECONDS = 0.5
     response = predict(client, predictor, model, {"inputs": [[1]]})
     assert (response.status_code, response.json()["code"]) == (504, "prediction_timeout")
@@ -339,13 +374,12 @@ def test_refused_callers_are_logged_too(client, owner, issue_key, mlflow_server,
 
 def test_concurrent_first_requests_load_once(mlflow_server, logged):
     model = registered(mlflow_server, logged, "first")
-    request = services.read_request(json.dumps(BODIES["inputs"]).encode())
     loads_before = model_cache.metrics.LOADS._value.get()
     results, errors = [], []
 
     def call():
         try:
-            results.append(services.predict(model, request).model_version)
+            results.append(served(model, BODIES["inputs"]).model_version)
         except Exception as exc:
             errors.append(exc)
 
@@ -363,8 +397,7 @@ def test_eviction_by_count(mlflow_server, logged, settings):
     settings.MODEL_SERVING_CACHE_MAX_MODELS = 1
     model = registered(mlflow_server, logged, "first", "second")
     for version in ("1", "2"):
-        body = {**BODIES["inputs"], "options": {"model_version": version}}
-        services.predict(model, services.read_request(json.dumps(body).encode()))
+        served(model, {**BODIES["inputs"], "options": {"model_version": version}})
     assert not model_cache.is_loaded((model.name, "1"))
     assert model_cache.is_loaded((model.name, "2"))
 
