@@ -72,6 +72,7 @@ bench: venv
 	$(PY) bench/auth.py
 	$(PY) bench/registry.py
 	$(PY) bench/webhooks.py
+	$(PY) bench/inference.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

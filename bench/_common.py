@@ -458,7 +458,7 @@ def machine_facts() -> list[str]:
         f"{platform.system()} {platform.release()}",
         f"python {platform.python_version()}, django {version('django')}, "
         f"gunicorn {version('gunicorn')}, uvicorn {version('uvicorn')}, "
-        f"mlflow {version('mlflow')}, celery {version('celery')}",
+        f"granian {version('granian')}, mlflow {version('mlflow')}, celery {version('celery')}",
         wrk_version.strip(),
         "wrk runs on the same cores as the servers (loopback), so it takes its share of CPU.",
     ]

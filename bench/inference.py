@@ -2,9 +2,11 @@
 floor, in one run, for the same scikit-learn model (an iris logistic regression):
 
 (a) `mlflow models serve` (uvicorn, --env-manager local), POST /invocations;
-(b) POST /api/v1/models/{model_id}/predict on gunicorn with deploy/gunicorn.conf.py, with API-key
-    auth, rate limits (counted, never reached) and the prediction log on, one run per server
-    variant (--servers, set through GUNICORN_WORKER_CLASS, GUNICORN_WORKERS, GUNICORN_THREADS);
+(b) POST /api/v1/models/{model_id}/predict, with API-key auth, rate limits (counted, never
+    reached) and the prediction log on, one run per server variant (--servers): the prediction
+    server (`manage.py prediction_server --workers W --threads T`: granian serving
+    inference.wsgi), gunicorn with deploy/gunicorn.conf.py (set through GUNICORN_WORKER_CLASS,
+    GUNICORN_WORKERS, GUNICORN_THREADS), or uvicorn; every one with the same settings and key;
 (c) mlflow.pyfunc.load_model(...).predict in one process, on the already parsed DataFrame (the
     floor).
 
@@ -17,7 +19,8 @@ Redis db 8, `manage.py mlflow_server` with its default workers (the registry the
 to and served from).
 
     .venv/bin/python bench/inference.py [--duration 10] [--connections 1,8,32] [--rows 1,100]
-        [--servers "gthread 4x4,gthread 2x8,gthread 2x4,sync 2,sync 4"] [--mlflow-workers 1,2]
+        [--servers "granian 2x4,granian 2x8,granian 2x2,gthread 4x4,gthread 2x4"]
+        [--mlflow-workers 1,2] [--rounds 1] [--keep]
 """
 
 from __future__ import annotations
@@ -77,7 +80,8 @@ EXPERIMENT = "bench-inference"
 HUGE_RATE_LIMIT = 10**9
 TARGET_THROUGHPUT_RATIO = 2.0
 TARGET_FLOOR_MS = 1.0
-DEFAULT_SERVERS = "gthread 4x4,gthread 2x8,gthread 2x4,sync 2,sync 4"
+DEFAULT_SERVERS = "granian 2x4,granian 2x8,granian 2x2,gthread 4x4,gthread 2x4"
+SERVER_KINDS = "'granian WxT', 'gthread WxT', 'sync W' or 'uvicorn W'"
 # Seconds of load at the highest concurrency after a server starts: every worker (and thread)
 # loads the model on its first request, which must not land in a measured run.
 SERVER_WARMUP_S = 4
@@ -204,7 +208,9 @@ class Server:
     kind: str  # "mlflow" (a) or "ours" (b)
     description: str
     env: dict[str, str] = field(default_factory=dict)  # on top of the shared environment
-    uvicorn_workers: int = 0  # (b) under uvicorn instead of gunicorn
+    runner: str = "gunicorn"  # (b)'s: "gunicorn" (configured by env), "uvicorn" or "granian"
+    workers: int = 0  # uvicorn's and granian's
+    threads: int = 0  # granian's
 
 
 @dataclass(frozen=True)
@@ -233,8 +239,12 @@ class Floor:
 
 
 def parse_server(text: str) -> Server:
-    """ "gthread 4x4", "sync 2" or "uvicorn 2": our endpoint (b) on that worker model."""
+    """ "granian 2x4", "gthread 4x4", "sync 2" or "uvicorn 2": our endpoint (b) on that server."""
     spec = " ".join(text.split())
+    if match := re.fullmatch(r"granian (\d+)x(\d+)", spec):
+        workers, threads = map(int, match.groups())
+        description = f"granian WSGI (prediction_server), {workers} workers x {threads} threads"
+        return Server(spec, "ours", description, runner="granian", workers=workers, threads=threads)
     if match := re.fullmatch(r"gthread (\d+)x(\d+)", spec):
         workers, threads = match.groups()
         return Server(
@@ -257,7 +267,9 @@ def parse_server(text: str) -> Server:
         return Server(spec, "ours", f"gunicorn sync, {match[1]} workers", env)
     if match := re.fullmatch(r"uvicorn (\d+)", spec):
         workers = int(match[1])
-        return Server(spec, "ours", f"uvicorn ASGI, {workers} workers", uvicorn_workers=workers)
+        return Server(
+            spec, "ours", f"uvicorn ASGI, {workers} workers", runner="uvicorn", workers=workers
+        )
     raise ValueError(spec)
 
 
@@ -280,7 +292,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--servers",
         default=DEFAULT_SERVERS,
-        help="(b) worker models, comma-separated: 'gthread WxT', 'sync W', 'uvicorn W'",
+        help=f"(b) servers, comma-separated: {SERVER_KINDS}",
     )
     parser.add_argument(
         "--mlflow-workers", default="1,2", help="(a) `mlflow models serve --workers`, each"
@@ -307,7 +319,7 @@ def parse_args() -> argparse.Namespace:
         try:
             ours.append(parse_server(text))
         except ValueError:
-            parser.error(f"unknown server {text!r}: 'gthread WxT', 'sync W' or 'uvicorn W'")
+            parser.error(f"unknown server {text!r}: {SERVER_KINDS}")
     if not ours:
         parser.error("--servers names no server")
     args.servers = [
@@ -353,7 +365,19 @@ def server_command(server: Server, port: int, version: str) -> list[str]:
             "--workers",
             workers,
         ]
-    if server.uvicorn_workers:
+    if server.runner == "granian":
+        return [
+            sys.executable,
+            "manage.py",
+            "prediction_server",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(server.workers),
+            "--threads",
+            str(server.threads),
+        ]
+    if server.runner == "uvicorn":
         return [
             "uvicorn",
             "hokusai_site.asgi:application",
@@ -362,7 +386,7 @@ def server_command(server: Server, port: int, version: str) -> list[str]:
             "--port",
             str(port),
             "--workers",
-            str(server.uvicorn_workers),
+            str(server.workers),
             "--no-access-log",
             "--log-level",
             "warning",
@@ -372,9 +396,10 @@ def server_command(server: Server, port: int, version: str) -> list[str]:
 
 def server_env(server: Server, env: dict[str, str], port: int) -> dict[str, str]:
     extra = dict(server.env)
-    if server.kind == "ours" and not server.uvicorn_workers:
+    # granian: prediction_server gives its workers a fresh PROMETHEUS_MULTIPROC_DIR (in TMPDIR).
+    if server.kind == "ours" and server.runner == "gunicorn":
         extra["HOKUSAI_BIND"] = f"127.0.0.1:{port}"
-    elif server.uvicorn_workers:
+    elif server.runner == "uvicorn":
         # gunicorn.conf.py sets this for gunicorn; uvicorn's workers need it to share metrics.
         extra["PROMETHEUS_MULTIPROC_DIR"] = str(Path(env["TMPDIR"]) / f"prom-uvicorn-{port}")
         Path(extra["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
@@ -392,7 +417,7 @@ def ready_url(server: Server, port: int) -> str:
 
 
 def effective_model(server: Server, env: dict[str, str]) -> str:
-    if server.kind == "mlflow" or server.uvicorn_workers:
+    if server.kind == "mlflow" or server.runner != "gunicorn":
         return server.description
     return "gunicorn " + gunicorn_worker_model(env)
 
@@ -547,15 +572,18 @@ def measure_server(
                 warm = run_load(url, scripts[rows], max(args.connections), SERVER_WARMUP_S, key)
                 totals.ours_requests += warm.requests if key else 0
             wait_until_idle([process], percent_of_a_core=10, window=1, timeout=30)
-        if server.kind == "ours" and not server.uvicorn_workers:
-            # What gunicorn really runs (it turns sync into gthread when threads > 1).
+        if server.kind == "ours":
+            # The server's CPU below is its whole process group's: master and every worker.
             used = re.search(r"Using worker: (\S+)", process.log_path.read_text(errors="replace"))
-            loads = model_loads(port)
-            workers = full_env.get("GUNICORN_WORKERS", "?")
-            print(
-                f"[{server.name}] gunicorn says 'Using worker: {used[1] if used else '?'}'; "
-                f"model loads after warm-up: {loads} (workers: {workers})"
-            )
+            workers = server.workers or full_env.get("GUNICORN_WORKERS", "?")
+            facts = [
+                f"model loads after warm-up: {model_loads(port)} (workers: {workers})",
+                f"processes in its group: {group_usage([process.process.pid]).processes}",
+            ]
+            if server.runner == "gunicorn":
+                # What gunicorn really runs (it turns sync into gthread when threads > 1).
+                facts.insert(0, f"gunicorn says 'Using worker: {used[1] if used else '?'}'")
+            print(f"[{server.name}] {'; '.join(facts)}")
         pgids = [process.process.pid, tracking.process.pid]
         for cell in args.cells:
             script = scripts[cell.rows]
@@ -740,7 +768,10 @@ def print_servers(args: argparse.Namespace, env: dict[str, str], setup: dict) ->
         shown = {k: v.replace(":0", ":P") for k, v in full_env.items() if env.get(k) != v}
         label = "(a)" if server.kind == "mlflow" else "(b)"
         print(f"  {label} {server.name}: {effective_model(server, full_env)}")
-        command = [part if part != "0" else "P" for part in server_command(server, 0, "1")]
+        command = [
+            "P" if part == "0" else "python" if part == sys.executable else part.replace(":0", ":P")
+            for part in server_command(server, 0, "1")
+        ]
         print(f"      {shell_line(command, shown)}")
         print(f"      POST {server_url(server, 0).replace(':0/', ':P/')}")
     print(

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.conf import settings
 
-from hokusai_site.errors import problem_response
+from hokusai_site.errors import ApplicationError, problem_response
 from hokusai_site.request_id import (
     client_ip,
     current_client_ip,
@@ -67,9 +67,10 @@ class SettingValue:
 class RequestBodyLimitMiddleware:
     """Answers 413 before reading a body larger than its view accepts.
 
-    A view (or DRF view class) may set `max_body_bytes`; the default is MAX_REQUEST_BODY_BYTES.
-    DRF reads JSON straight from the stream, bypassing DATA_UPLOAD_MAX_MEMORY_SIZE, so the
-    declared Content-Length is checked here for every route.
+    A view (or DRF view class) may set `max_body_bytes`; the default is MAX_REQUEST_BODY_BYTES,
+    and None leaves the check to the view (body_too_large). DRF reads JSON straight from the
+    stream, bypassing DATA_UPLOAD_MAX_MEMORY_SIZE, so the declared Content-Length is checked here
+    for every other route.
     """
 
     def __init__(self, get_response):
@@ -87,13 +88,25 @@ class RequestBodyLimitMiddleware:
         length = _content_length(request)
         view = getattr(view_func, "cls", view_func)
         limit = getattr(view, "max_body_bytes", settings.MAX_REQUEST_BODY_BYTES)
-        if length > limit:
+        if limit is not None and length > limit:
+            problem = body_too_large(length, limit)
             return problem_response(
-                status=413,
-                code="request_too_large",
-                detail=f"The request body is {length} bytes; this route accepts at most {limit}.",
+                status=problem.status, code=problem.code, detail=problem.message
             )
         return None
+
+
+def body_too_large(length: int, limit: int) -> ApplicationError:
+    return ApplicationError(
+        "request_too_large",
+        f"The request body is {length} bytes; this route accepts at most {limit}.",
+        status=413,
+    )
+
+
+def content_length(request) -> int:
+    """The declared body size (the middleware has refused a malformed one)."""
+    return _content_length(request) or 0
 
 
 def _content_length(request) -> int | None:

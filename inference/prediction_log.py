@@ -4,9 +4,10 @@ request a database round trip.
 `record()` builds the row's values on the caller's thread (hashing the body is the only real
 work) and appends them to this process's queue; a daemon thread writes the queue with
 `bulk_create`, up to BATCH_SIZE rows per INSERT, every PREDICTION_LOG_FLUSH_SECONDS or as soon as
-a batch is full. `flush()` writes what is queued synchronously, from any thread: at interpreter
-exit (atexit), in gunicorn's `worker_exit` hook (deploy/gunicorn.conf.py), and in tests. So a
-clean stop loses no rows; a killed process loses at most the rows it had not flushed yet.
+a batch is full. `flush()` writes what is queued synchronously, from any thread: when the process
+ends (interpreter exit, or the end of a multiprocessing child such as a granian worker), in
+gunicorn's `worker_exit` hook (deploy/gunicorn.conf.py), and in tests. So a clean stop loses no
+rows; a killed process loses at most the rows it had not flushed yet.
 
 While the database is unavailable rows stay queued for the next try, at most
 PREDICTION_LOG_MAX_PENDING of them; beyond that the oldest are dropped, and counted in a warning.
@@ -15,15 +16,16 @@ Rows carry their id (a UUID chosen by `record()`), so writing one twice is harml
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import logging
+import multiprocessing.util
 import os
 import threading
 import time
 import uuid
 from collections import deque
 from datetime import datetime, timedelta
+from io import StringIO
 from typing import Any
 
 from django.conf import settings
@@ -232,12 +234,18 @@ class _Writer:
             connection.close()
             return False
         close_old_connections()
+        # Only the rows queued so far: under steady load, chasing the rows that arrive while
+        # this round writes would keep the thread writing tiny batches without a pause.
+        with self.pending_lock:
+            due = len(self.pending)
         try:
-            while True:
+            while due > 0:
                 with self.write_lock:
                     taken, _, failed = self._write_batch()
                 if failed or not taken:
                     return failed
+                due -= taken
+            return False
         finally:
             close_old_connections()
 
@@ -325,11 +333,49 @@ class _Writer:
 
 def _insert(batch: list[dict[str, Any]]) -> None:
     # atomic: a refused row must not abort a transaction the caller of flush() has open.
-    # ignore_conflicts: a batch whose commit was not acknowledged may be written again.
+    # Conflicts are skipped: a batch whose commit was not acknowledged may be written again.
     with transaction.atomic():
-        PredictionLog.objects.bulk_create(
-            [PredictionLog(**values) for values in batch], ignore_conflicts=True
+        if connection.vendor == "postgresql" and len(batch) > 1:
+            _copy(batch)
+        else:
+            PredictionLog.objects.bulk_create(
+                [PredictionLog(**values) for values in batch], ignore_conflicts=True
+            )
+
+
+# The writer shares the GIL with the threads serving requests, and the requests it holds up are
+# the slowest ones (p99): COPY holds it about a third as long as building model instances for
+# bulk_create does (~8 ms instead of ~26 for 300 rows).
+_COLUMNS = [field.column for field in PredictionLog._meta.concrete_fields]
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy(batch: list[dict[str, Any]]) -> None:
+    table = connection.ops.quote_name(PredictionLog._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(column) for column in _COLUMNS)
+    lines = "".join(
+        "\t".join(_copy_text(values[column]) for column in _COLUMNS) + "\n" for values in batch
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS prediction_log_incoming "
+            f"(LIKE {table}) ON COMMIT DELETE ROWS"
         )
+        # Through Django's cursor, so a refused value raises django.db's DataError.
+        cursor.copy_expert(f"COPY prediction_log_incoming ({columns}) FROM STDIN", StringIO(lines))
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}) SELECT {columns} FROM prediction_log_incoming "  # noqa: S608 (our own names, quoted)
+            "ON CONFLICT DO NOTHING"
+        )
+
+
+def _copy_text(value: object) -> str:
+    """`value` in COPY's text format."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value).translate(_COPY_ESCAPES)
 
 
 _current: _Writer | None = None
@@ -374,4 +420,6 @@ def _flush_at_exit() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
-atexit.register(_flush_at_exit)
+# Rather than atexit: a multiprocessing child (a granian worker) ends with os._exit, which skips
+# atexit, after running these; an ordinary process runs them at exit too.
+_flush_at_end = multiprocessing.util.Finalize(None, _flush_at_exit, exitpriority=10)

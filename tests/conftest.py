@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -252,30 +253,22 @@ def issue_key():
     return issue
 
 
-@pytest.fixture
-def web_server_factory(transactional_db, tmp_path):
-    """Starts real gunicorn servers on the test database and test Redis: `start(**env)` returns
-    the base URL. Every server started is stopped at the end of the test."""
+@contextmanager
+def running_servers(tmp_path: Path) -> Iterator:
+    """`start(command, **env)` starts `command(port)` (its argv and environment) on the test
+    database and test Redis and returns its base URL once /health answers; every server started
+    is stopped at the end."""
     started: list[subprocess.Popen] = []
 
-    def start(**env: str) -> str:
+    def start(command, **env: str) -> str:
         port = free_port()
-        log_path = tmp_path / f"web-{port}.log"
-        with open(log_path, "wb") as log:
+        argv, command_env = command(port)
+        with open(tmp_path / f"server-{port}.log", "wb") as log:
             process = subprocess.Popen(
-                [
-                    str(VENV_BIN / "gunicorn"),
-                    "--config",
-                    "deploy/gunicorn.conf.py",
-                    "hokusai_site.wsgi",
-                ],
+                argv,
                 cwd=REPO_ROOT,
                 env=subprocess_env(
-                    DATABASE_URL=test_database_url(),
-                    HOKUSAI_BIND=f"127.0.0.1:{port}",
-                    GUNICORN_WORKERS="1",
-                    LOG_LEVEL="warning",
-                    **env,
+                    DATABASE_URL=test_database_url(), LOG_LEVEL="warning", **command_env, **env
                 ),
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -285,6 +278,34 @@ def web_server_factory(transactional_db, tmp_path):
         wait_for_http(f"http://127.0.0.1:{port}/health", timeout=60, process=process)
         return f"http://127.0.0.1:{port}"
 
-    yield start
-    for process in started:
-        stop_process(process)
+    try:
+        yield start
+    finally:
+        for process in started:
+            stop_process(process)
+
+
+def gunicorn_command(port: int) -> tuple[list[str], dict[str, str]]:
+    argv = [str(VENV_BIN / "gunicorn"), "--config", "deploy/gunicorn.conf.py", "hokusai_site.wsgi"]
+    return argv, {"HOKUSAI_BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": "1"}
+
+
+def prediction_server_command(port: int) -> tuple[list[str], dict[str, str]]:
+    argv = [sys.executable, "manage.py", "prediction_server", "--bind", f"127.0.0.1:{port}"]
+    return [*argv, "--workers", "1"], {}
+
+
+@pytest.fixture
+def web_server_factory(transactional_db, tmp_path):
+    """Starts real gunicorn servers (deploy/gunicorn.conf.py): `start(**env)` returns the base
+    URL."""
+    with running_servers(tmp_path) as start:
+        yield lambda **env: start(gunicorn_command, **env)
+
+
+@pytest.fixture
+def prediction_server_factory(transactional_db, tmp_path):
+    """Starts real prediction servers (manage.py prediction_server, granian): `start(**env)`
+    returns the base URL."""
+    with running_servers(tmp_path) as start:
+        yield lambda **env: start(prediction_server_command, **env)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 
+from django.conf import settings
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
@@ -17,7 +18,7 @@ from authkeys.authentication import key_from_headers
 from authkeys.permissions import HasScopes
 from authkeys.principals import caller_of
 from authkeys.scopes import PREDICT
-from hokusai_site.middleware import SettingValue
+from hokusai_site.middleware import body_too_large, content_length
 from inference import metrics, model_cache, prediction_log, services
 
 
@@ -39,7 +40,15 @@ def _who(request) -> tuple[str, str]:
 class PredictApi(APIView):
     permission_classes = [HasScopes]
     required_scopes = {"POST": PREDICT}
-    max_body_bytes = SettingValue("MODEL_SERVING_MAX_BODY_BYTES")
+    # Checked in initial() rather than by RequestBodyLimitMiddleware, so a 413 is logged too.
+    max_body_bytes = None
+
+    def initial(self, request, *args, **kwargs):
+        length = content_length(request)
+        if length > settings.MODEL_SERVING_MAX_BODY_BYTES:
+            self.body = b""  # not read: the log row hashes nothing
+            raise body_too_large(length, settings.MODEL_SERVING_MAX_BODY_BYTES)
+        super().initial(request, *args, **kwargs)
 
     def initialize_request(self, request, *args, **kwargs):
         self.started = time.perf_counter()
@@ -56,8 +65,8 @@ class PredictApi(APIView):
     )
     def post(self, request, model_id: str):
         model = services.served_model(model_id)
-        # Read as a stream: `request.body` stops at DATA_UPLOAD_MAX_MEMORY_SIZE, and the
-        # middleware has already refused anything over MODEL_SERVING_MAX_BODY_BYTES.
+        # Read as a stream: `request.body` stops at DATA_UPLOAD_MAX_MEMORY_SIZE, and initial()
+        # has already refused anything over MODEL_SERVING_MAX_BODY_BYTES.
         self.body = request._request.read()
         prediction_request = services.read_request(self.body)
         self.served_version = services.serving_version(model, prediction_request.model_version)

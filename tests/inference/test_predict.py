@@ -344,7 +344,11 @@ def test_too_many_rows_and_too_large_a_body_are_413(
     assert (response.status_code, response.json()["code"]) == (413, "too_many_rows")
     settings.MODEL_SERVING_MAX_BODY_BYTES = 100
     response = predict(client, predictor, model, {"inputs": {"a": [1.0] * 100, "b": [0.0] * 100}})
-    assert response.status_code == 413
+    assert (response.status_code, response.json()["code"]) == (413, "request_too_large")
+    assert [(row.status, row.error_code) for row in logged_rows(model)] == [
+        (413, "too_many_rows"),
+        (413, "request_too_large"),
+    ]
 
 
 def test_a_prediction_past_the_timeout_is_504(client, predictor, mlflow_server, logged, settings):
@@ -416,12 +420,13 @@ def test_health_says_whether_the_serving_version_is_loaded(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("server_factory", ["web_server_factory", "prediction_server_factory"])
 def test_a_preloaded_model_is_loaded_before_its_first_prediction(
-    web_server_factory, mlflow_server, logged, owner, issue_key
+    request, server_factory, transactional_db, mlflow_server, logged, owner, issue_key
 ):
     model = registered(mlflow_server, logged, "first")
     _, key = issue_key(owner, ["predict"])
-    base_url = web_server_factory(
+    base_url = request.getfixturevalue(server_factory)(
         MODEL_SERVING_PRELOAD=model.model_id, MLFLOW_TRACKING_URI=mlflow_server.url
     )
     http = urllib3.PoolManager(headers={"Authorization": f"Bearer {key}"})
@@ -430,7 +435,15 @@ def test_a_preloaded_model_is_loaded_before_its_first_prediction(
         health = json.loads(
             http.request("GET", f"{base_url}/api/v1/models/{model.model_id}/health").data
         )
+        assert "loaded" in health, health
         if health["loaded"] or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert (health["loaded"], health["model_version"]) == (True, "1")
+    answer = http.request(
+        "POST",
+        f"{base_url}/api/v1/models/{model.model_id}/predict",
+        body=json.dumps(BODIES["dataframe_split"]),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    assert (answer.status, json.loads(answer.data)["predictions"]) == (200, [0, 1, 1])

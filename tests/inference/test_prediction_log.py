@@ -29,6 +29,7 @@ from tests.conftest import (
     REPO_ROOT,
     VENV_BIN,
     free_port,
+    prediction_server_command,
     stop_process,
     subprocess_env,
     wait_for_http,
@@ -75,8 +76,9 @@ def make_rows(model_id: str, count: int, **fields) -> list[PredictionLog]:
     return PredictionLog.objects.bulk_create([PredictionLog(**values) for _ in range(count)])
 
 
-class FailingBulkCreate:
-    """Stands in for PredictionLog.objects.bulk_create while the database is 'down'."""
+class FailingInsert:
+    """Stands in for prediction_log._insert (the writer's one way to the database) while the
+    database is 'down'."""
 
     def __init__(self):
         self.calls = 0
@@ -225,8 +227,8 @@ def test_rows_are_written_in_the_background_without_a_flush(settings):
 
 @writes_in_background
 def test_rows_survive_a_database_failure_and_are_written_by_the_next_flush(monkeypatch, caplog):
-    failing = FailingBulkCreate()
-    monkeypatch.setattr(PredictionLog.objects, "bulk_create", failing)
+    failing = FailingInsert()
+    monkeypatch.setattr(prediction_log, "_insert", failing)
     ids = [record("plog-outage", request_id=f"outage-{index}") for index in range(3)]
 
     with caplog.at_level(logging.WARNING, logger="inference.prediction_log"):
@@ -244,7 +246,7 @@ def test_rows_survive_a_database_failure_and_are_written_by_the_next_flush(monke
 @writes_in_background
 def test_beyond_max_pending_the_oldest_rows_are_dropped_and_counted(monkeypatch, caplog, settings):
     settings.PREDICTION_LOG_MAX_PENDING = 5
-    monkeypatch.setattr(PredictionLog.objects, "bulk_create", FailingBulkCreate())
+    monkeypatch.setattr(prediction_log, "_insert", FailingInsert())
     ids = [record("plog-overflow", request_id=f"overflow-{index}") for index in range(8)]
     prediction_log.flush()
 
@@ -317,8 +319,6 @@ def test_a_clean_exit_loses_no_rows(count):
 
 
 GUNICORN_APP = """
-import atexit
-
 from django.core.wsgi import get_wsgi_application
 
 get_wsgi_application()
@@ -326,7 +326,7 @@ get_wsgi_application()
 from inference import prediction_log
 
 # Only gunicorn's worker_exit hook may write the rows.
-atexit.unregister(prediction_log._flush_at_exit)
+prediction_log._flush_at_end.cancel()
 
 
 def application(environ, start_response):
@@ -384,6 +384,41 @@ def test_gunicorn_workers_stopped_gracefully_write_their_rows(tmp_path):
 
     assert server.returncode == 0, (tmp_path / "gunicorn.log").read_text()
     assert PredictionLog.objects.filter(pk__in=ids).count() == 200
+
+
+@pytest.mark.slow
+@writes_in_background
+def test_prediction_server_workers_stopped_gracefully_write_their_rows(tmp_path):
+    port = free_port()
+    argv, _ = prediction_server_command(port)
+    with open(tmp_path / "prediction_server.log", "wb") as log:
+        server = subprocess.Popen(
+            [*argv, "--workers", "2"],
+            cwd=REPO_ROOT,
+            env=subprocess_env(DATABASE_URL=database_url(), PREDICTION_LOG_FLUSH_SECONDS="3600"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/health", timeout=60, process=server)
+        http = urllib3.PoolManager()
+        for index in range(200):  # refused (no credentials), and logged all the same
+            response = http.request(
+                "POST",
+                f"http://127.0.0.1:{port}/api/v1/models/plog-granian/predict",
+                body=b"{}",
+                headers={"X-Request-ID": f"granian-{index}", "Content-Type": "application/json"},
+            )
+            assert response.status == 401
+        ids = [f"granian-{index}" for index in range(200)]
+        logged = PredictionLog.objects.filter(request_id__in=ids)
+        assert not logged.exists()  # all still in memory
+    finally:
+        stop_process(server, timeout=40)  # SIGTERM to the master and its workers
+
+    assert server.returncode == 0, (tmp_path / "prediction_server.log").read_text()
+    assert logged.count() == 200
 
 
 # --- Retention ---------------------------------------------------------------------------------
