@@ -19,7 +19,7 @@ Redis db 8, `manage.py mlflow_server` with its default workers (the registry the
 to and served from).
 
     .venv/bin/python bench/inference.py [--duration 10] [--connections 1,8,32] [--rows 1,100]
-        [--servers "granian 2x4,granian 2x8,granian 2x2,gthread 4x4,gthread 2x4"]
+        [--servers "granian 2x2,granian 2x4,gthread 4x4"]
         [--mlflow-workers 1,2] [--rounds 1] [--keep]
 """
 
@@ -80,7 +80,7 @@ EXPERIMENT = "bench-inference"
 HUGE_RATE_LIMIT = 10**9
 TARGET_THROUGHPUT_RATIO = 2.0
 TARGET_FLOOR_MS = 1.0
-DEFAULT_SERVERS = "granian 2x4,granian 2x8,granian 2x2,gthread 4x4,gthread 2x4"
+DEFAULT_SERVERS = "granian 2x2,granian 2x4,gthread 4x4"
 SERVER_KINDS = "'granian WxT', 'gthread WxT', 'sync W' or 'uvicorn W'"
 # Seconds of load at the highest concurrency after a server starts: every worker (and thread)
 # loads the model on its first request, which must not land in a measured run.

@@ -91,9 +91,17 @@ def _urlopen(
 def request(
     method: str, path: str, *, timeout: float, headers: dict[str, str] | None = None, **kwargs
 ) -> urllib3.BaseHTTPResponse:
-    """One HTTP request to the tracking server; never retries and never follows redirects."""
+    """One HTTP request to the tracking server; never follows redirects, and retries only a
+    GET whose kept-alive connection MLflow had just closed."""
     timeouts = urllib3.Timeout(connect=timeout, read=timeout)
-    return _urlopen(method, path, timeout=timeouts, headers=headers, **kwargs)
+    try:
+        return _urlopen(method, path, timeout=timeouts, headers=headers, **kwargs)
+    except urllib3.exceptions.ProtocolError:
+        # MLflow's uvicorn closes connections idle for 5 s, and a pooled one can go just as it
+        # is reused: nothing reached MLflow, so a GET goes again on a fresh connection.
+        if method != "GET":
+            raise
+        return _urlopen(method, path, timeout=timeouts, headers=headers, **kwargs)
 
 
 def stream(

@@ -24,7 +24,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--threads",
             type=int,
-            default=int(os.environ.get("PREDICTION_SERVER_THREADS", 4)),
+            default=int(os.environ.get("PREDICTION_SERVER_THREADS", 2)),
             help="requests each worker runs at once",
         )
 
