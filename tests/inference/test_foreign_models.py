@@ -5,9 +5,6 @@ version that cannot load is not fetched again on every request."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from importlib.metadata import version as installed
 from types import SimpleNamespace
@@ -16,10 +13,10 @@ import pytest
 import sklearn
 
 from inference import model_cache
-from tests.conftest import subprocess_env
 from tests.inference.test_predict import (
     BODIES,
     fresh_serving_state,  # noqa: F401 (autouse: nothing loaded, versions looked up afresh)
+    log_models,
     logged_rows,
     predict,
     registered,
@@ -101,15 +98,7 @@ print(json.dumps(logged))
 
 @pytest.fixture(scope="module")
 def logged(mlflow_server) -> dict:
-    completed = subprocess.run(
-        [sys.executable, "-c", LOG_MODELS],
-        env=subprocess_env(MLFLOW_TRACKING_URI=mlflow_server.url),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return log_models(mlflow_server, LOG_MODELS)
 
 
 @pytest.fixture

@@ -73,17 +73,23 @@ BODIES = {
 }
 
 
-@pytest.fixture(scope="module")
-def logged(mlflow_server) -> dict:
+def log_models(mlflow_server, script: str) -> dict:
+    """Runs `script` (the stock client logging models) against `mlflow_server`; what it prints
+    last, as JSON."""
     completed = subprocess.run(
-        [sys.executable, "-c", LOG_MODELS],
+        [sys.executable, "-c", script],
         env=subprocess_env(MLFLOW_TRACKING_URI=mlflow_server.url),
         capture_output=True,
         text=True,
-        check=True,
         timeout=300,
     )
+    assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def logged(mlflow_server) -> dict:
+    return log_models(mlflow_server, LOG_MODELS)
 
 
 @pytest.fixture(autouse=True)
