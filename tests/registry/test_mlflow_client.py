@@ -32,13 +32,38 @@ class DroppingServer:
             except OSError:
                 return
             with connection:
-                if connection.recv(65536):
+                if _read_request(connection):
                     self.requests += 1
                     connection.sendall(ANSWER)
                 connection.recv(65536)  # the reuse: dropped unanswered
 
     def close(self):
         self.listener.close()
+
+
+def _read_request(connection: socket.socket) -> bytes:
+    """One whole request, its body included (a client may send the body in a later packet)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = connection.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        0,
+    )
+    while len(body) < length:
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return data
 
 
 @pytest.fixture
