@@ -11,6 +11,9 @@ import tempfile
 
 bind = os.environ.get("HOKUSAI_BIND", "127.0.0.1:8001")
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
+if worker_class == "gthread":
+    # gunicorn's own, except that a stop does not wait for idle kept-alive connections.
+    worker_class = "hokusai_site.gunicorn_workers.ThreadWorker"
 workers = int(os.environ.get("GUNICORN_WORKERS", "4"))
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))

@@ -319,6 +319,9 @@ def test_a_clean_exit_loses_no_rows(count):
 
 
 GUNICORN_APP = """
+import pathlib
+import time
+
 from django.core.wsgi import get_wsgi_application
 
 get_wsgi_application()
@@ -330,6 +333,9 @@ prediction_log._flush_at_end.cancel()
 
 
 def application(environ, start_response):
+    if environ["PATH_INFO"] == "/slow":
+        pathlib.Path(__file__).with_name("slow-started").touch()
+        time.sleep(2)
     log_id = prediction_log.record(
         caller_kind="anonymous", caller_label="", model_id="plog-gunicorn", model_version="1",
         rows=1, latency_ms=1.0, status=200, error_code="",
@@ -338,6 +344,7 @@ def application(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [str(log_id).encode()]
 """
+GRACEFUL_TIMEOUT = 30
 
 
 @pytest.mark.slow
@@ -360,30 +367,49 @@ def test_gunicorn_workers_stopped_gracefully_write_their_rows(tmp_path):
                 DATABASE_URL=database_url(),
                 HOKUSAI_BIND=f"127.0.0.1:{port}",
                 GUNICORN_WORKERS="2",
-                # wait_for_http's kept-alive connection would hold a worker's stop this long.
-                GUNICORN_KEEPALIVE="1",
+                GUNICORN_GRACEFUL_TIMEOUT=str(GRACEFUL_TIMEOUT),
                 PREDICTION_LOG_FLUSH_SECONDS="3600",
+                LOG_LEVEL="warning",  # the log, shown if rows are missing: no access lines
             ),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    slow = {}
     try:
         wait_for_http(f"http://127.0.0.1:{port}/", timeout=60, process=server)
-        http = urllib3.PoolManager()
+        # Its connection stays open, idle, through the stop: that must not hold a worker.
+        kept_alive = urllib3.PoolManager()
         ids = [
-            http.request(
+            kept_alive.request(
                 "GET", f"http://127.0.0.1:{port}/", headers={"X-Request-ID": f"gunicorn-{index}"}
             ).data.decode()
             for index in range(200)
         ]
         assert not PredictionLog.objects.filter(pk__in=ids).exists()  # all still in memory
-        http.clear()  # a kept-alive connection would hold a worker's graceful stop
-    finally:
-        stop_process(server, timeout=40)  # SIGTERM: a graceful stop
 
-    assert server.returncode == 0, (tmp_path / "gunicorn.log").read_text()
-    assert PredictionLog.objects.filter(pk__in=ids).count() == 200
+        def slow_request():
+            slow["response"] = urllib3.request("GET", f"http://127.0.0.1:{port}/slow")
+
+        in_flight = threading.Thread(target=slow_request)
+        in_flight.start()
+        while not (tmp_path / "slow-started").exists():
+            time.sleep(0.01)
+    finally:
+        stopping = time.monotonic()
+        stop_process(server, timeout=GRACEFUL_TIMEOUT + 10)  # SIGTERM: a graceful stop
+        stopped_in = time.monotonic() - stopping
+    in_flight.join(timeout=10)
+
+    server_log = (tmp_path / "gunicorn.log").read_text()
+    assert server.returncode == 0, server_log
+    # Done once the request in flight was: not at the graceful timeout, when the master kills.
+    assert stopped_in < GRACEFUL_TIMEOUT / 2, server_log
+    assert server_log.count("Worker exiting") == 2, server_log
+    answer = slow["response"]  # the request in flight was answered
+    assert answer.status == 200
+    logged = PredictionLog.objects.filter(pk__in=[*ids, answer.data.decode()])
+    assert logged.count() == 201, server_log
 
 
 @pytest.mark.slow
@@ -417,8 +443,9 @@ def test_prediction_server_workers_stopped_gracefully_write_their_rows(tmp_path)
     finally:
         stop_process(server, timeout=40)  # SIGTERM to the master and its workers
 
-    assert server.returncode == 0, (tmp_path / "prediction_server.log").read_text()
-    assert logged.count() == 200
+    server_log = (tmp_path / "prediction_server.log").read_text()
+    assert server.returncode == 0, server_log
+    assert logged.count() == 200, server_log
 
 
 # --- Retention ---------------------------------------------------------------------------------
