@@ -62,6 +62,42 @@ def manage(env: dict[str, str], *arguments: str, timeout: float = 900) -> str:
     return completed.stdout
 
 
+def python_json(
+    arguments: Sequence[str],
+    env: dict[str, str],
+    *,
+    what: str,
+    timeout: float,
+    stdin: str | None = None,
+) -> Any:
+    """Runs `python <arguments>` in the benchmark's environment; the last line it prints, as
+    JSON. A failure raises with the end of its stderr, named `what`."""
+    completed = subprocess.run(
+        [sys.executable, *arguments],
+        cwd=REPO_ROOT,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{completed.stdout[-1000:]}{completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def print_machine_and_environment(env: dict[str, str]) -> None:
+    print("\nMachine")
+    for fact in machine_facts():
+        print(f"  {fact}")
+    print("\nEnvironment (every process; nothing else is inherited but PATH, HOME, locale)")
+    for name, value in env.items():
+        if name not in (*INHERITED_ENV, "PATH"):
+            shown = f"<random, {len(value)} chars>" if name == "SECRET_KEY" else value
+            print(f"  {name}={shown}")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -322,12 +358,6 @@ def http_get_json(url: str, *, timeout: float = 5.0) -> tuple[int, Any]:
     return status, json.loads(body)
 
 
-def close_http_connections() -> None:
-    """Closes the keep-alive connections http_get and wait_for_http left open: stopped while a
-    client holds one, gunicorn's gthread worker waits its whole graceful_timeout (gunicorn 26)."""
-    _http.clear()
-
-
 def wait_for_http(url: str, *, service: Service, timeout: float) -> None:
     """Poll `url` until it answers 200; fail early, with the log, if the service exits."""
     deadline = time.monotonic() + timeout
@@ -363,10 +393,19 @@ class WrkResult:
 
 
 def wrk_command(
-    url: str, *, threads: int, connections: int, duration_s: int, headers: Sequence[str] = ()
+    url: str,
+    *,
+    threads: int,
+    connections: int,
+    duration_s: int,
+    headers: Sequence[str] = (),
+    script: Path | None = None,
 ) -> list[str]:
-    """`headers`: "Name: value" lines sent with every request."""
+    """`headers`: "Name: value" lines sent with every request; `script`: a Lua script (a POST
+    body, say)."""
     options = [part for header in headers for part in ("-H", header)]
+    if script is not None:
+        options += ["-s", str(script)]
     return [
         "wrk",
         f"-t{threads}",
@@ -378,12 +417,9 @@ def wrk_command(
     ]
 
 
-def run_wrk(
-    url: str, *, threads: int, connections: int, duration_s: int, headers: Sequence[str] = ()
-) -> WrkResult:
-    command = wrk_command(
-        url, threads=threads, connections=connections, duration_s=duration_s, headers=headers
-    )
+def run_wrk(url: str, *, duration_s: int, **options: Any) -> WrkResult:
+    """wrk_command(url, duration_s=duration_s, **options), run; its figures."""
+    command = wrk_command(url, duration_s=duration_s, **options)
     completed = subprocess.run(
         command, capture_output=True, text=True, timeout=duration_s + 30, check=False
     )
@@ -563,5 +599,7 @@ def gunicorn_worker_model(env: dict[str, str]) -> str:
     if completed.returncode != 0:
         raise RuntimeError(f"cannot read deploy/gunicorn.conf.py:\n{completed.stderr}")
     worker_class, workers, threads = completed.stdout.split()
+    if worker_class == "hokusai_site.gunicorn_workers.ThreadWorker":
+        worker_class = "gthread"  # gunicorn's, as the config runs it
     model = f"{worker_class}, {workers} workers"
     return model + (f" x {threads} threads" if worker_class == "gthread" else "")

@@ -66,6 +66,7 @@ from _common import (
     log_tail,
     machine_facts,
     parse_wrk,
+    python_json,
     require_wrk,
     server_log_notes,
     shell_line,
@@ -948,18 +949,7 @@ def inproc_command(workdir: Path) -> list[str]:
 
 def run_inproc(env: dict[str, str], workdir: Path) -> dict[str, list[float]]:
     command = inproc_command(workdir)
-    completed = subprocess.run(
-        [sys.executable, *command[1:]],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"in-process run failed:\n{completed.stdout}{completed.stderr}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return python_json(command[1:], env, what="in-process run", timeout=900)
 
 
 def print_inproc(results: dict[str, list[float]], workdir: Path) -> None:

@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,25 +43,23 @@ import urllib3
 from _common import (
     BUSY_MACHINE_PERCENT,
     GUNICORN,
-    INHERITED_ENV,
     REDIS_HOST_PORT,
-    REPO_ROOT,
     CpuWatch,
     Service,
     Services,
     WrkResult,
     base_env,
-    close_http_connections,
     ensure_database,
     format_table,
     free_port,
     group_usage,
     gunicorn_worker_model,
     log_tail,
-    machine_facts,
     manage,
-    parse_wrk,
+    print_machine_and_environment,
+    python_json,
     require_wrk,
+    run_wrk,
     server_log_notes,
     shell_line,
     step,
@@ -82,8 +81,8 @@ TARGET_THROUGHPUT_RATIO = 2.0
 TARGET_FLOOR_MS = 1.0
 DEFAULT_SERVERS = "granian 2x2,granian 2x4,gthread 4x4"
 SERVER_KINDS = "'granian WxT', 'gthread WxT', 'sync W' or 'uvicorn W'"
-# Seconds of load at the highest concurrency after a server starts: every worker (and thread)
-# loads the model on its first request, which must not land in a measured run.
+# Seconds of load at the highest concurrency after a server starts, before any measured run:
+# first requests pay for connections, imports and caches (the model itself is preloaded).
 SERVER_WARMUP_S = 4
 
 # Run with MLFLOW_TRACKING_URI set: the stock client logs, registers and waits for READY. The
@@ -396,6 +395,10 @@ def server_command(server: Server, port: int, version: str) -> list[str]:
 
 def server_env(server: Server, env: dict[str, str], port: int) -> dict[str, str]:
     extra = dict(server.env)
+    if server.kind == "ours":
+        # As deployed (README), and as `mlflow models serve` does: each worker loads the model
+        # as it starts, not on the first request that reaches it.
+        extra["MODEL_SERVING_PRELOAD"] = MODEL_ID
     # granian: prediction_server gives its workers a fresh PROMETHEUS_MULTIPROC_DIR (in TMPDIR).
     if server.kind == "ours" and server.runner == "gunicorn":
         extra["HOKUSAI_BIND"] = f"127.0.0.1:{port}"
@@ -440,28 +443,18 @@ def write_scripts(workdir: Path, bodies: dict[str, str]) -> dict[int, Path]:
     return scripts
 
 
-def load_command(
+def load_options(
     url: str, script: Path, connections: int, duration_s: int, key: str | None
-) -> list[str]:
-    headers = [] if key is None else [f"Authorization: Bearer {key}"]
-    command = wrk_command(
-        url,
-        threads=min(connections, 2),
-        connections=connections,
-        duration_s=duration_s,
-        headers=headers,
-    )
-    return [*command[:-1], "-s", str(script), command[-1]]
-
-
-def run_load(url: str, script: Path, connections: int, duration_s: int, key: str | None):
-    command = load_command(url, script, connections, duration_s, key)
-    completed = subprocess.run(
-        command, capture_output=True, text=True, timeout=duration_s + 30, check=False
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"{shell_line(command)} failed:\n{completed.stdout}{completed.stderr}")
-    return parse_wrk(completed.stdout)
+) -> dict:
+    """run_wrk's (and wrk_command's) arguments for one run of a POST body."""
+    return {
+        "url": url,
+        "threads": min(connections, 2),
+        "connections": connections,
+        "duration_s": duration_s,
+        "headers": [] if key is None else [f"Authorization: Bearer {key}"],
+        "script": script,
+    }
 
 
 def daemons_cpu_seconds() -> float:
@@ -509,14 +502,6 @@ def log_notes(log_path: Path) -> list[str]:
     return notes
 
 
-def stop_server(services: Services, process: Service) -> None:
-    """Our keep-alive connections closed first: gunicorn's gthread worker would otherwise wait
-    its whole graceful_timeout (30 s) for them."""
-    _http.clear()
-    close_http_connections()
-    services.stop(process)
-
-
 def post(url: str, body: str, key: str | None) -> urllib3.BaseHTTPResponse:
     headers = {"Content-Type": "application/json"}
     if key is not None:
@@ -534,6 +519,22 @@ def model_loads(port: int) -> int | None:
         return None
     match = re.search(rb"^hokusai_model_loads_total\s+([0-9.e+]+)$", response.data, re.M)
     return int(float(match[1])) if match else None
+
+
+def workers_of(server: Server, env: dict[str, str]) -> int:
+    return server.workers or int(env["GUNICORN_WORKERS"])  # set for every gunicorn variant
+
+
+def wait_for_model_loads(port: int, *, workers: int, timeout: float = 180) -> None:
+    """Until every worker has loaded the model. Connections need not spread over the workers
+    during the warm-up, and a worker loading the model while measured (5-8 s of CPU) would make
+    its round a fraction of the others (seen: 0, 80 and 133 req/s against ~380)."""
+    deadline = time.monotonic() + timeout
+    while (model_loads(port) or 0) < workers:
+        if time.monotonic() > deadline:
+            print(f"[warning] fewer than {workers} model loads after {timeout:.0f}s")
+            return
+        time.sleep(0.5)
 
 
 @dataclass
@@ -569,13 +570,17 @@ def measure_server(
                 if response.status != 200:
                     raise RuntimeError(f"{server.name}: {response.status} {response.data[:500]!r}")
             for rows in args.rows:
-                warm = run_load(url, scripts[rows], max(args.connections), SERVER_WARMUP_S, key)
+                warm = run_wrk(
+                    **load_options(url, scripts[rows], max(args.connections), SERVER_WARMUP_S, key)
+                )
                 totals.ours_requests += warm.requests if key else 0
+            if server.kind == "ours":
+                wait_for_model_loads(port, workers=workers_of(server, full_env))
             wait_until_idle([process], percent_of_a_core=10, window=1, timeout=30)
         if server.kind == "ours":
             # The server's CPU below is its whole process group's: master and every worker.
             used = re.search(r"Using worker: (\S+)", process.log_path.read_text(errors="replace"))
-            workers = server.workers or full_env.get("GUNICORN_WORKERS", "?")
+            workers = workers_of(server, full_env)
             facts = [
                 f"model loads after warm-up: {model_loads(port)} (workers: {workers})",
                 f"processes in its group: {group_usage([process.process.pid]).processes}",
@@ -589,13 +594,13 @@ def measure_server(
             script = scripts[cell.rows]
             label = f"{server.name}: {cell.rows} row(s), {cell.connections} connection(s)"
             with step(f"{label} ({args.warmup}s warm-up, {args.duration}s)"):
-                warm = run_load(url, script, cell.connections, args.warmup, key)
+                warm = run_wrk(**load_options(url, script, cell.connections, args.warmup, key))
                 before = group_usage([process.process.pid]).cpu_seconds
                 deps_before = (
                     daemons_cpu_seconds() + group_usage([tracking.process.pid]).cpu_seconds
                 )
                 watch = CpuWatch.start(pgids)
-                result = run_load(url, script, cell.connections, args.duration, key)
+                result = run_wrk(**load_options(url, script, cell.connections, args.duration, key))
                 other = watch.other_percent()
                 after = group_usage([process.process.pid]).cpu_seconds
                 deps_after = daemons_cpu_seconds() + group_usage([tracking.process.pid]).cpu_seconds
@@ -618,7 +623,7 @@ def measure_server(
         sys.stdout.flush()
         return measurements
     finally:
-        stop_server(services, process)
+        services.stop(process)
 
 
 # --- Setup ---------------------------------------------------------------------------------------
@@ -635,25 +640,8 @@ def start_tracking(services: Services, env: dict[str, str]) -> Service:
 
 def log_model(env: dict[str, str], rows: list[int]) -> dict:
     with step("log, register the iris model with the stock MLflow client"):
-        completed = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                LOG_MODEL_SCRIPT,
-                MODEL_NAME,
-                EXPERIMENT,
-                ",".join(map(str, rows)),
-            ],
-            cwd=REPO_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-    if completed.returncode != 0:
-        raise RuntimeError(f"logging the model failed:\n{completed.stderr[-3000:]}")
-    logged = json.loads(completed.stdout.strip().splitlines()[-1])
+        script = ["-c", LOG_MODEL_SCRIPT, MODEL_NAME, EXPERIMENT, ",".join(map(str, rows))]
+        logged = python_json(script, env, what="logging the model", timeout=600)
     with step("Model row, API key, empty prediction log"):
         logged["key"] = manage(env, "shell", "-c", SETUP_SCRIPT).strip().splitlines()[-1]
     return logged
@@ -661,19 +649,13 @@ def log_model(env: dict[str, str], rows: list[int]) -> dict:
 
 def measure_floor(env: dict[str, str], setup: dict, calls: int) -> dict[int, Floor]:
     with step(f"(c) in-process pyfunc.predict, {calls} timed calls per body"):
-        completed = subprocess.run(
-            [sys.executable, "-c", FLOOR_SCRIPT, model_uri(setup["version"]), str(calls)],
-            cwd=REPO_ROOT,
-            env=env,
-            input=json.dumps(setup["bodies"]),
-            capture_output=True,
-            text=True,
+        found = python_json(
+            ["-c", FLOOR_SCRIPT, model_uri(setup["version"]), str(calls)],
+            env,
+            what="(c)",
             timeout=900,
-            check=False,
+            stdin=json.dumps(setup["bodies"]),
         )
-    if completed.returncode != 0:
-        raise RuntimeError(f"(c) failed:\n{completed.stderr[-3000:]}")
-    found = json.loads(completed.stdout.strip().splitlines()[-1])
     return {
         int(rows): Floor(
             times["predict"]["p50_ms"],
@@ -719,7 +701,7 @@ def preflight(
                     notes.append(f"(b) answer keys besides predictions: {', '.join(extra)}")
                     notes.append(f"(b) X-RateLimit-Limit: {limit}")
         finally:
-            stop_server(services, process)
+            services.stop(process)
     for rows in setup["bodies"]:
         if answers["mlflow"][rows] != answers["ours"][rows]:
             raise RuntimeError(
@@ -739,14 +721,7 @@ def preflight(
 
 def print_header(args: argparse.Namespace, env: dict[str, str]) -> None:
     print("Hokusai predictions: our endpoint beside `mlflow models serve` and in-process predict")
-    print("\nMachine")
-    for fact in machine_facts():
-        print(f"  {fact}")
-    print("\nEnvironment (every process; nothing else is inherited but PATH, HOME, locale)")
-    for name, value in env.items():
-        if name not in (*INHERITED_ENV, "PATH"):
-            shown = f"<random, {len(value)} chars>" if name == "SECRET_KEY" else value
-            print(f"  {name}={shown}")
+    print_machine_and_environment(env)
     print("\nServices")
     print(f"  {shell_line(['python', 'manage.py', 'migrate'])}")
     print(f"  {shell_line(['python', 'manage.py', 'mlflow_server'])}  (MLFLOW_WORKERS default)")
@@ -776,14 +751,17 @@ def print_servers(args: argparse.Namespace, env: dict[str, str], setup: dict) ->
         print(f"      POST {server_url(server, 0).replace(':0/', ':P/')}")
     print(
         f"\nLoad, per server, body and concurrency C: {args.warmup}s warm-up, then measured; "
-        f"wrk threads = min(C, 2). After each start: one request per body (the model loads), "
-        f"then {SERVER_WARMUP_S}s at C={max(args.connections)} per body (every worker loads it)."
+        f"wrk threads = min(C, 2). After each start: one request per body, "
+        f"{SERVER_WARMUP_S}s at C={max(args.connections)} per body, and for (b) a wait until "
+        "every worker has loaded the model (MODEL_SERVING_PRELOAD)."
     )
     for rows in args.rows:
         size = len(setup["bodies"][str(rows)])
         print(f"  post-{rows}-rows.lua: POST, Content-Type: application/json, a {size}-byte body")
     url = f"http://127.0.0.1:P/api/v1/models/{MODEL_ID}/predict"
-    example = load_command(url, Path(f"post-{args.rows[0]}-rows.lua"), 8, args.duration, "<key>")
+    example = wrk_command(
+        **load_options(url, Path(f"post-{args.rows[0]}-rows.lua"), 8, args.duration, "<key>")
+    )
     print(f"  (b): {shell_line(example)}")
     print("  (a): the same, to /invocations, without the Authorization header")
     print(
@@ -842,7 +820,9 @@ def print_results(
 
     headers = ["server", "conc", "req/s", "p50 ms", "p99 ms", "non-2xx", "sock err"]
     headers += ["server cpu ms/req", "deps cpu ms/req", "other cpu%", "x (a) req/s"]
-    headers += ["p99 <= (a)"] + (["req/s of each round"] if args.rounds > 1 else [])
+    headers += ["p99 <= (a)"] + (
+        ["each round: req/s (server cpu ms/req)"] if args.rounds > 1 else []
+    )
     for rows in args.rows:
         print(f"\n(a), (b): {rows}-row dataframe_split body")
         table = []
@@ -871,7 +851,7 @@ def print_results(
                 if args.rounds > 1:
                     table[-1].append(
                         " ".join(
-                            f"{x.result.requests_per_second:.0f}"
+                            f"{x.result.requests_per_second:.0f} ({x.server_cpu_ms:.2f})"
                             for x in every_round
                             if (x.server, x.cell) == (m.server, cell)
                         )

@@ -34,7 +34,6 @@ import urllib3
 from _common import (
     BUSY_MACHINE_PERCENT,
     GUNICORN,
-    INHERITED_ENV,
     REDIS_HOST_PORT,
     CpuWatch,
     Service,
@@ -48,8 +47,9 @@ from _common import (
     group_usage,
     gunicorn_worker_model,
     load_arguments,
-    machine_facts,
     manage,
+    print_machine_and_environment,
+    python_json,
     require_wrk,
     run_wrk,
     server_log_notes,
@@ -153,14 +153,7 @@ def keyed_wrk(url: str, key: str | None, args: argparse.Namespace, duration_s: i
 
 def print_header(args: argparse.Namespace, env: dict[str, str]) -> None:
     print("Hokusai MLflow proxy: the same MLflow routes through the proxy and straight to MLflow")
-    print("\nMachine")
-    for fact in machine_facts():
-        print(f"  {fact}")
-    print("\nEnvironment (every process; nothing else is inherited but PATH, HOME, locale)")
-    for name, value in env.items():
-        if name not in (*INHERITED_ENV, "PATH"):
-            shown = f"<random, {len(value)} chars>" if name == "SECRET_KEY" else value
-            print(f"  {name}={shown}")
+    print_machine_and_environment(env)
     print("\nServices")
     print(f"  {shell_line(['python', 'manage.py', 'migrate'])}")
     print(f"  {shell_line(['python', 'manage.py', 'mlflow_server'])}  (MLFLOW_WORKERS default)")
@@ -295,15 +288,8 @@ class Registrations:
 
 def logged_model_sources(setup: Setup, env: dict[str, str], count: int) -> list[dict]:
     """`count` runs with a logged model each: every registration is of a source of its own."""
-    completed = subprocess.run(
-        [sys.executable, "-c", CREATE_SOURCES_SCRIPT, setup.mlflow_url, str(count)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=1800,
-    )
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    script = ["-c", CREATE_SOURCES_SCRIPT, setup.mlflow_url, str(count)]
+    return python_json(script, env, what="logging the sources", timeout=1800)
 
 
 def measure_registrations(
@@ -318,24 +304,15 @@ def measure_registrations(
             body=json.dumps({"name": name}),
             headers={"Content-Type": "application/json"},
         )
-    command = [sys.executable, "-c", REGISTER_SCRIPT, variant.name, base_url, setup.key, name]
+    command = ["-c", REGISTER_SCRIPT, variant.name, base_url, setup.key, name]
     command += ["BENCHREG", str(REGISTRATION_CLIENTS)]
     pgids = [setup.web.process.pid, setup.mlflow.process.pid]
     with step(f"(a) {variant.name}: {len(sources)} registrations"):
         before = [group_usage([pgid]).cpu_seconds for pgid in pgids]
-        completed = subprocess.run(
-            command,
-            input=json.dumps(sources),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=1800,
-            check=False,
+        result = python_json(
+            command, env, what=f"(a) {variant.name}", timeout=1800, stdin=json.dumps(sources)
         )
         after = [group_usage([pgid]).cpu_seconds for pgid in pgids]
-    if completed.returncode != 0:
-        raise RuntimeError(f"(a) {variant.name} failed:\n{completed.stderr[-2000:]}")
-    result = json.loads(completed.stdout.strip().splitlines()[-1])
     web_ms, mlflow_ms = (
         1000 * (end - start) / result["count"] for start, end in zip(before, after, strict=True)
     )

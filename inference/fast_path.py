@@ -5,9 +5,9 @@ MLflow's path builds a pandas DataFrame from the JSON, enforces the signature on
 to the estimator, which turns it back into the array it computes on: about 3 ms for one row. Here
 the JSON rows go straight into that array, in a tenth of the time. The answer is the same:
 
-- `read` returns exactly `numpy.asarray` of the DataFrame MLflow's path would hand the estimator
-  (same values, same dtype, columns in signature order, same memory layout), or None for
-  anything unusual (a string, a missing value, an extra column, params…), which then takes
+- `Plan.read` returns exactly `numpy.asarray` of the DataFrame MLflow's path would hand the
+  estimator (same values, same dtype, columns in signature order, same memory layout), or None
+  for anything unusual (a string, a missing value, an extra column, params…), which then takes
   MLflow's path and gets MLflow's own answer or refusal;
 - an estimator with no estimator inside it computes on that array whether it is given the
   DataFrame or the array, once the columns are in the order it was fitted with (`plan_for`
@@ -45,6 +45,28 @@ class Plan:
     accepts: Callable[[object], bool]  # whether one JSON value takes the fast path
     predict: Callable[[np.ndarray], object]  # the estimator's method that pyfunc calls
 
+    def read(self, inputs: dict) -> np.ndarray | None:
+        """The rows as the array MLflow's path would hand the estimator, or None to take that
+        path."""
+        if "params" in inputs:
+            return None
+        if "dataframe_split" in inputs:
+            rows = _split_rows(self, inputs["dataframe_split"])
+        elif "dataframe_records" in inputs:
+            rows = _records_rows(self, inputs["dataframe_records"])
+        else:
+            return None
+        if not rows:
+            return None
+        accepts = self.accepts
+        for row in rows:
+            for value in row:
+                if not accepts(value):
+                    return None
+        # Column-major, as pandas lays a DataFrame out: sums of products (BLAS) may add up in
+        # another order, and differ in the last bit, on a row-major copy.
+        return np.array(rows, dtype=self.dtype, order="F")
+
 
 def plan_for(model) -> Plan | None:
     """How a loaded pyfunc `model` takes the fast path, or None when it cannot."""
@@ -76,26 +98,6 @@ def plan_for(model) -> Plan | None:
         return None
     predict_fn = metadata.flavors["python_function"].get("predict_fn", "predict")
     return Plan(columns, dtype, _acceptor(dtype), getattr(estimator, predict_fn))
-
-
-def read(plan: Plan, inputs: dict) -> np.ndarray | None:
-    """The rows as the array MLflow's path would hand the estimator, or None to take that path."""
-    if "dataframe_split" in inputs:
-        rows = _split_rows(plan, inputs["dataframe_split"])
-    elif "dataframe_records" in inputs:
-        rows = _records_rows(plan, inputs["dataframe_records"])
-    else:
-        return None
-    if not rows or "params" in inputs:
-        return None
-    accepts = plan.accepts
-    for row in rows:
-        for value in row:
-            if not accepts(value):
-                return None
-    # Column-major, as pandas lays a DataFrame out: sums of products (BLAS) may add up in
-    # another order, and differ in the last bit, on a row-major copy.
-    return np.array(rows, dtype=plan.dtype, order="F")
 
 
 def _split_rows(plan: Plan, split: object) -> list | None:

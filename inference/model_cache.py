@@ -18,11 +18,15 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 
-from inference import fast_path, metrics
+from inference import metrics
 from registry import mlflow as registry_mlflow
+
+if TYPE_CHECKING:
+    from inference.fast_path import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ class ModelLoadFailed(Exception):
 @dataclass
 class Loaded:
     model: object  # mlflow.pyfunc.PyFuncModel
-    fast_path: fast_path.Plan | None  # how it skips pandas, when it can
+    fast_path: Plan | None  # how it skips pandas, when it can
     saved_with: str  # the libraries it was saved with that differ from ours, if any
     path: str  # its files, kept while it is cached
     size_bytes: int
@@ -121,6 +125,8 @@ def _discard(key: Key, entry: Loaded) -> None:
 def _load(key: Key) -> Loaded:
     from mlflow.pyfunc import load_model  # heavy: imported by the processes that serve
 
+    from inference.fast_path import plan_for  # numpy: likewise
+
     name, version = key
     started = time.monotonic()
     rss_before = _rss_bytes()
@@ -140,7 +146,7 @@ def _load(key: Key) -> Loaded:
     logger.info("loaded %s version %s in %.2fs (~%d MiB)", name, version, seconds, size >> 20)
     return Loaded(
         model=model,
-        fast_path=fast_path.plan_for(model),
+        fast_path=plan_for(model),
         saved_with=", ".join(_version_mismatches(Path(path))),
         path=path,
         size_bytes=size,

@@ -335,7 +335,7 @@ def _insert(batch: list[dict[str, Any]]) -> None:
     # atomic: a refused row must not abort a transaction the caller of flush() has open.
     # Conflicts are skipped: a batch whose commit was not acknowledged may be written again.
     with transaction.atomic():
-        if connection.vendor == "postgresql" and len(batch) > 1:
+        if connection.vendor == "postgresql":
             _copy(batch)
         else:
             PredictionLog.objects.bulk_create(

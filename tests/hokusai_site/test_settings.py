@@ -96,12 +96,16 @@ def test_embedded_default_uses_sqlite_and_no_servers(tmp_path):
     assert broker == f"sqla+sqlite:///{tmp_path / 'celery-broker.sqlite3'}"
 
 
-def test_production_settings_pass_djangos_deploy_checks(tmp_path):
+@pytest.mark.parametrize(
+    "settings_module", ["hokusai_site.settings", "hokusai_site.prediction_settings"]
+)
+def test_production_settings_pass_djangos_deploy_checks(tmp_path, settings_module):
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=REPO_ROOT,
         env={
             **os.environ,
+            "DJANGO_SETTINGS_MODULE": settings_module,
             "ENVIRONMENT": "production",
             "SECRET_KEY": secrets.token_urlsafe(50),
             "ALLOWED_HOSTS": "hokusai.example.com",

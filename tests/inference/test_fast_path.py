@@ -101,7 +101,7 @@ def bodies(draw, values):
 @given(inputs=bodies(JSON_VALUES))
 def test_what_read_accepts_is_mlflows_own_array(by_type, type_name, inputs):
     model = by_type[type_name]
-    fast = fast_path.read(fast_path.plan_for(model), inputs)
+    fast = fast_path.plan_for(model).read(inputs)
     if fast is not None:
         expected = mlflows_array(model, inputs)
         assert fast.dtype == expected.dtype
@@ -119,7 +119,7 @@ def test_clean_numbers_take_the_fast_path(by_type, type_name, inputs):
     else:
         rows = inputs["dataframe_records"]
         columns = list(rows[0]) if rows else COLUMNS
-    fast = fast_path.read(fast_path.plan_for(model), inputs)
+    fast = fast_path.plan_for(model).read(inputs)
     assert (fast is not None) == (bool(rows) and sorted(columns) == COLUMNS)
     if fast is not None:
         assert np.array_equal(fast, mlflows_array(model, inputs))
@@ -142,17 +142,17 @@ def test_clean_numbers_take_the_fast_path(by_type, type_name, inputs):
     ],
 )
 def test_anything_unusual_takes_mlflows_path(by_type, inputs):
-    assert fast_path.read(fast_path.plan_for(by_type["double"]), inputs) is None
+    assert fast_path.plan_for(by_type["double"]).read(inputs) is None
 
 
 def test_integers_beyond_a_columns_range_take_mlflows_path(by_type):
     plan = fast_path.plan_for(by_type["integer"])
     too_big = {"dataframe_split": {"columns": COLUMNS, "data": [[2**31, 0, 0]]}}
-    assert fast_path.read(plan, too_big) is None
+    assert plan.read(too_big) is None
     fractional = {"dataframe_split": {"columns": COLUMNS, "data": [[1.5, 0, 0]]}}
-    assert fast_path.read(plan, fractional) is None
+    assert plan.read(fractional) is None
     fits = {"dataframe_split": {"columns": COLUMNS, "data": [[2**31 - 1, 0, 0]]}}
-    assert fast_path.read(plan, fits).tolist() == [[2**31 - 1, 0, 0]]
+    assert plan.read(fits).tolist() == [[2**31 - 1, 0, 0]]
 
 
 # --- plan_for: estimators that answer the same on the array --------------------------------
@@ -181,7 +181,7 @@ def test_estimators_answer_as_pyfunc_does(tmp_path_factory, estimator, options):
             "data": [[3, 0.5, 1], [1.5, 4.5, 0], [3.0, 2.25, 1.0], [0, -7, 2]],
         }
     }
-    ours = plan.predict(fast_path.read(plan, inputs))
+    ours = plan.predict(plan.read(inputs))
     theirs = model.predict(infer_and_parse_data(inputs, model.metadata.get_input_schema()))
     assert np.asarray(ours).dtype == np.asarray(theirs).dtype
     assert np.array_equal(ours, theirs)

@@ -4,6 +4,7 @@ and the prediction log."""
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -453,3 +454,69 @@ def test_a_preloaded_model_is_loaded_before_its_first_prediction(
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
     )
     assert (answer.status, json.loads(answer.data)["predictions"]) == (200, [0, 1, 1])
+
+
+def test_preloading_freezes_what_the_process_holds_out_of_the_garbage_collector(
+    transactional_db, settings, mlflow_server, logged
+):
+    model = registered(mlflow_server, logged, "first")
+    settings.MODEL_SERVING_PRELOAD = [model.model_id]
+    gc.unfreeze()
+    try:
+        services.preload_in_background()
+        frozen_at_start = gc.get_freeze_count()
+        (preloading,) = (t for t in threading.enumerate() if t.name == "preload-models")
+        preloading.join(timeout=60)
+        assert model_cache.is_loaded((model.name, "1"))
+        # The start-up's objects, then the model's too.
+        assert 0 < frozen_at_start < gc.get_freeze_count()
+    finally:
+        gc.unfreeze()
+
+
+@pytest.mark.slow
+def test_the_prediction_server_answers_only_the_prediction_routes(
+    prediction_server_factory, client, mlflow_server, logged, owner, staff, issue_key
+):
+    model = registered(mlflow_server, logged, "first")
+    _, key = issue_key(owner, ["predict"])
+    base_url = prediction_server_factory(MLFLOW_TRACKING_URI=mlflow_server.url)
+    http = urllib3.PoolManager()
+    url = f"{base_url}/api/v1/models/{model.model_id}/predict"
+    body = json.dumps(BODIES["dataframe_split"])
+    json_body = {"Content-Type": "application/json"}
+
+    answer = http.request(
+        "POST",
+        url,
+        body=body,
+        headers={**json_body, "Authorization": f"Bearer {key}", "X-Request-ID": "pserver-1"},
+    )
+    assert (answer.status, json.loads(answer.data)["predictions"]) == (200, [0, 1, 1])
+    # The same headers as from the web server: request id, rate limit, security.
+    assert answer.headers["X-Request-ID"] == "pserver-1"
+    assert int(answer.headers["X-RateLimit-Limit"]) > 0
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert answer.headers["X-Frame-Options"] == "DENY"
+
+    # The rest of the platform is the web server's.
+    for path in ("/api/v1/keys", "/api/v1/models", "/api/2.0/mlflow/experiments/get"):
+        refused = http.request("GET", base_url + path, headers={"Authorization": f"Bearer {key}"})
+        assert (refused.status, json.loads(refused.data)["code"]) == (404, "not_found"), path
+    assert http.request("GET", f"{base_url}/admin/").status == 404  # an HTML page, as on web
+
+    # Staff sessions are for the admin and the MLflow UI, not for predictions.
+    client.force_login(staff)
+    session = f"sessionid={client.cookies['sessionid'].value}"
+    by_session = http.request("POST", url, body=body, headers={**json_body, "Cookie": session})
+    assert by_session.status == 401
+
+    metrics = http.request("GET", f"{base_url}/metrics").data.decode()
+    counted = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("hokusai_predictions_total{") and f'"{model.model_id}"' in line
+    ]
+    assert sorted(line.rsplit(" ", 1)[1] for line in counted) == ["1.0", "1.0"], counted
+    assert any('status="200"' in line for line in counted)
+    assert any('status="401"' in line for line in counted)
