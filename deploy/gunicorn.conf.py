@@ -52,10 +52,10 @@ def child_exit(server, worker):
 
 
 def post_worker_init(worker):
-    # MODEL_SERVING_PRELOAD: each worker loads those models in the background as it starts.
+    # Each worker loads MODEL_SERVING_PRELOAD in the background and freezes its start-up objects.
     from inference import services
 
-    services.preload_in_background()
+    services.start_worker()
 
 
 def worker_exit(server, worker):

@@ -295,8 +295,9 @@ def _first_line(message: str) -> str:
     return message.strip().splitlines()[0][:500] if message.strip() else "invalid input"
 
 
-def preload_in_background() -> None:
-    """Loads the serving version of each MODEL_SERVING_PRELOAD model, off the request path.
+def start_worker() -> None:
+    """Readies a serving worker as it starts: loads the serving version of each
+    MODEL_SERVING_PRELOAD model, off the request path, and freezes what the process holds.
 
     What a serving process holds once started and preloaded (Django, MLflow, scikit-learn, the
     models: ~350,000 objects) lives as long as the process, so it is frozen out of the cyclic

@@ -11,6 +11,6 @@ os.environ["DJANGO_SETTINGS_MODULE"] = "hokusai_site.prediction_settings"
 from hokusai_site.wsgi import application
 from inference import services
 
-services.preload_in_background()
+services.start_worker()
 
 __all__ = ["application"]

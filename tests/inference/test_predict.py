@@ -463,7 +463,7 @@ def test_preloading_freezes_what_the_process_holds_out_of_the_garbage_collector(
     settings.MODEL_SERVING_PRELOAD = [model.model_id]
     gc.unfreeze()
     try:
-        services.preload_in_background()
+        services.start_worker()
         frozen_at_start = gc.get_freeze_count()
         (preloading,) = (t for t in threading.enumerate() if t.name == "preload-models")
         preloading.join(timeout=60)

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -375,7 +376,7 @@ def test_gunicorn_workers_stopped_gracefully_write_their_rows(tmp_path):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    slow = {}
+    requests = ThreadPoolExecutor(max_workers=1)
     try:
         wait_for_http(f"http://127.0.0.1:{port}/", timeout=60, process=server)
         # Its connection stays open, idle, through the stop: that must not hold a worker.
@@ -388,25 +389,22 @@ def test_gunicorn_workers_stopped_gracefully_write_their_rows(tmp_path):
         ]
         assert not PredictionLog.objects.filter(pk__in=ids).exists()  # all still in memory
 
-        def slow_request():
-            slow["response"] = urllib3.request("GET", f"http://127.0.0.1:{port}/slow")
-
-        in_flight = threading.Thread(target=slow_request)
-        in_flight.start()
-        while not (tmp_path / "slow-started").exists():
+        in_flight = requests.submit(urllib3.request, "GET", f"http://127.0.0.1:{port}/slow")
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "slow-started").exists() and time.monotonic() < deadline:
             time.sleep(0.01)
     finally:
         stopping = time.monotonic()
         stop_process(server, timeout=GRACEFUL_TIMEOUT + 10)  # SIGTERM: a graceful stop
         stopped_in = time.monotonic() - stopping
-    in_flight.join(timeout=10)
+        requests.shutdown(wait=False)
+    answer = in_flight.result(timeout=10)  # the request in flight was answered
 
     server_log = (tmp_path / "gunicorn.log").read_text()
     assert server.returncode == 0, server_log
     # Done once the request in flight was: not at the graceful timeout, when the master kills.
     assert stopped_in < GRACEFUL_TIMEOUT / 2, server_log
     assert server_log.count("Worker exiting") == 2, server_log
-    answer = slow["response"]  # the request in flight was answered
     assert answer.status == 200
     logged = PredictionLog.objects.filter(pk__in=[*ids, answer.data.decode()])
     assert logged.count() == 201, server_log
