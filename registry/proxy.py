@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
-import urllib3
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, QueryDict, StreamingHttpResponse
 from django.urls import re_path, reverse
 from django.utils.encoding import escape_uri_path
 from django.views.generic import RedirectView
+from pyreqwest import exceptions as client_errors
 from rest_framework import exceptions
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.views import APIView
@@ -296,11 +296,13 @@ def forwarded_headers(request: HttpRequest, caller: Caller) -> dict[str, str]:
     return headers
 
 
-def returned_headers(upstream: urllib3.BaseHTTPResponse) -> dict[str, str]:
-    dropped = _NOT_RETURNED | _connection_named(upstream.headers.get("Connection", ""))
+def returned_headers(upstream: mlflow.StreamedResponse) -> dict[str, str]:
+    headers = upstream.headers
+    dropped = _NOT_RETURNED | _connection_named(", ".join(headers.getall("connection")))
+    # A name repeats once per value; its values are joined.
     return {
-        name: ", ".join(upstream.headers.getlist(name))
-        for name in upstream.headers
+        name: ", ".join(headers.getall(name))
+        for name in dict.fromkeys(headers)
         if name.lower() not in dropped
     }
 
@@ -344,15 +346,11 @@ def _chunks(stream: _Readable, *, length: int | None, limit: int) -> Iterator[by
         raise BodyIncomplete()
 
 
-def _relay(upstream: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
-    finished = False
+def _relay(upstream: mlflow.StreamedResponse) -> Iterator[bytes]:
     try:
-        yield from upstream.stream(CHUNK_BYTES, decode_content=False)
-        finished = True
+        yield from upstream.chunks(CHUNK_BYTES)
     finally:
-        if not finished:
-            upstream.close()  # a half-read response leaves its connection unusable
-        upstream.release_conn()
+        upstream.close()
 
 
 # --- Authentication for the web UI -------------------------------------------------------------
@@ -428,7 +426,9 @@ class MlflowProxyApi(APIView):
 
     def handle_exception(self, exc: Exception):
         if isinstance(exc, exceptions.NotAuthenticated) and _opens_ui_page(self.request):
-            return redirect_to_login(self.request.get_full_path(), reverse("admin:login"))
+            # The login page is the web server's, also when the proxy server (proxy_urls) asks.
+            login_url = reverse("admin:login", urlconf="hokusai_site.urls")
+            return redirect_to_login(self.request.get_full_path(), login_url)
         return super().handle_exception(exc)
 
     def forward(self, request, *args, **kwargs) -> StreamingHttpResponse:
@@ -442,9 +442,8 @@ class MlflowProxyApi(APIView):
         if query := django_request.META.get("QUERY_STRING"):
             target += "?" + query
         upstream = _open(django_request.method, target, headers=headers, body=body)
-        response = StreamingHttpResponse(
-            _relay(upstream), status=upstream.status, reason=upstream.reason or None
-        )
+        # reqwest keeps no reason phrase: Django gives the status code's own.
+        response = StreamingHttpResponse(_relay(upstream), status=upstream.status)
         del response["Content-Type"]
         for name, value in returned_headers(upstream).items():
             response[name] = value
@@ -452,7 +451,9 @@ class MlflowProxyApi(APIView):
 
     get = head = post = put = patch = delete = forward
 
-    def _body(self, request: HttpRequest, headers: dict[str, str]) -> Iterable[bytes] | None:
+    def _body(
+        self, request: HttpRequest, headers: dict[str, str]
+    ) -> bytes | Iterable[bytes] | None:
         """The body to send on, streamed; sets its Content-Length when known (else chunked)."""
         length = int(request.META.get("CONTENT_LENGTH") or 0) or None
         stream: _Readable
@@ -474,15 +475,15 @@ class MlflowProxyApi(APIView):
             if refusal is not None:
                 raise ApplicationError("mlflow_location_refused", refusal)
             headers["content-length"] = str(len(body))
-            return [body]
+            return body
         if length is not None:
             headers["content-length"] = str(length)
         return _chunks(stream, length=length, limit=self.max_body_bytes)
 
 
 def _open(
-    method: str, target: str, *, headers: dict[str, str], body: Iterable[bytes] | None
-) -> urllib3.BaseHTTPResponse:
+    method: str, target: str, *, headers: dict[str, str], body: bytes | Iterable[bytes] | None
+) -> mlflow.StreamedResponse:
     """MLflow's answer, or ours when it cannot give one. BodyTooLarge and BodyIncomplete, raised
     while the body is being sent, pass through as they are."""
     try:
@@ -494,15 +495,13 @@ def _open(
             connect_timeout=settings.MLFLOW_PROXY_CONNECT_TIMEOUT,
             read_timeout=settings.MLFLOW_PROXY_READ_TIMEOUT,
         )
-    # A ConnectTimeoutError too, but a refused or unreachable address rather than a slow one.
-    except urllib3.exceptions.NewConnectionError as exc:
-        raise _unavailable(method, target, exc) from None
-    except (urllib3.exceptions.ConnectTimeoutError, urllib3.exceptions.ReadTimeoutError) as exc:
+    except client_errors.RequestTimeoutError as exc:
         logger.warning("MLflow timed out on %s %s: %s", method, target, exc)
         raise ApplicationError(
             "mlflow_timeout", "MLflow did not answer in time.", status=504
         ) from None
-    except (urllib3.exceptions.HTTPError, OSError, DnsResolutionError) as exc:
+    # Refused, reset, unreachable, or not HTTP.
+    except (client_errors.RequestError, DnsResolutionError) as exc:
         raise _unavailable(method, target, exc) from None
 
 

@@ -290,9 +290,18 @@ def gunicorn_command(port: int) -> tuple[list[str], dict[str, str]]:
     return argv, {"HOKUSAI_BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": "1"}
 
 
-def prediction_server_command(port: int) -> tuple[list[str], dict[str, str]]:
-    argv = [sys.executable, "manage.py", "prediction_server", "--bind", f"127.0.0.1:{port}"]
-    return [*argv, "--workers", "1"], {}
+def granian_server_command(name: str):
+    """The argv of `manage.py <name>` (a hokusai_site.granian.GranianCommand), one worker."""
+
+    def command(port: int) -> tuple[list[str], dict[str, str]]:
+        argv = [sys.executable, "manage.py", name, "--bind", f"127.0.0.1:{port}", "--workers", "1"]
+        return argv, {}
+
+    return command
+
+
+prediction_server_command = granian_server_command("prediction_server")
+mlflow_proxy_server_command = granian_server_command("mlflow_proxy_server")
 
 
 @pytest.fixture
@@ -309,3 +318,11 @@ def prediction_server_factory(transactional_db, tmp_path):
     returns the base URL."""
     with running_servers(tmp_path) as start:
         yield lambda **env: start(prediction_server_command, **env)
+
+
+@pytest.fixture
+def mlflow_proxy_server_factory(transactional_db, tmp_path):
+    """Starts real MLflow proxy servers (manage.py mlflow_proxy_server, granian): `start(**env)`
+    returns the base URL."""
+    with running_servers(tmp_path) as start:
+        yield lambda **env: start(mlflow_proxy_server_command, **env)

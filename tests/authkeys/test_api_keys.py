@@ -132,11 +132,28 @@ def test_deactivated_owner_key_is_refused_on_next_request(client, owner, issue_k
     assert code_of(client.get(KEYS_URL, **bearer(key))) == "api_key_owner_inactive"
 
 
-def test_keys_in_the_query_string_are_refused(client, owner, issue_key):
+@pytest.mark.parametrize(
+    "query",
+    [
+        "api_key={key}",
+        "limit=5&token={key}",
+        # Percent-encoded, name and value: refused as Django decodes them.
+        "%74oken={encoded}",
+        "key={encoded}&key=other",
+    ],
+)
+def test_keys_in_the_query_string_are_refused(client, owner, issue_key, query):
     _, key = issue_key(owner, ["keys:manage"])
-    response = client.get(f"{KEYS_URL}?api_key={key}", **bearer(key))
+    encoded = "".join(f"%{ord(character):02X}" for character in key[:3]) + key[3:]
+    response = client.get(f"{KEYS_URL}?{query.format(key=key, encoded=encoded)}", **bearer(key))
     assert response.status_code == 401
     assert code_of(response) == "api_key_in_query"
+
+
+def test_a_query_string_without_a_key_is_not_refused(client, owner, issue_key):
+    _, key = issue_key(owner, ["keys:manage"])
+    response = client.get(f"{KEYS_URL}?token=hk_live_short&limit=5", **bearer(key))
+    assert response.status_code == 200
 
 
 def test_missing_scope_is_403_not_401(client, owner, issue_key):

@@ -44,9 +44,10 @@ def manage(env: dict, *arguments: str) -> str:
     ).stdout
 
 
-def register_a_model(http: urllib3.PoolManager, base_url: str, mlflow_port: int, env: dict):
+def register_a_model(http: urllib3.PoolManager, base_url: str, mlflow_port: int, env: dict) -> str:
     """The registry on the embedded default (SQLite, local MLflow store): a model logged with
-    the MLflow client, registered through the API with a key made by the management command."""
+    the MLflow client, registered through the API with a key made by the management command,
+    which is returned."""
     manage(
         env,
         "shell",
@@ -59,7 +60,7 @@ def register_a_model(http: urllib3.PoolManager, base_url: str, mlflow_port: int,
         "--name",
         "e2e",
         "--scopes",
-        "models:read,models:write",
+        "models:read,models:write,mlflow:read",
         "--user",
         "e2e",
     )
@@ -92,6 +93,7 @@ def register_a_model(http: urllib3.PoolManager, base_url: str, mlflow_port: int,
     assert again.json() == created.json()
     model = http.request("GET", f"{base_url}/api/v1/models/e2e", headers=headers).json()
     assert (model["status"], model["latest_version"]["version"]) == ("ready_to_deploy", 1)
+    return key
 
 
 LOG_MODEL = """
@@ -104,11 +106,12 @@ print(run.info.run_id)
 
 
 def test_make_run_serves_health_and_stops_cleanly_on_ctrl_c(tmp_path):
-    web_port, mlflow_port = free_port(), free_port()
+    web_port, mlflow_port, proxy_port = free_port(), free_port(), free_port()
     env = {key: value for key, value in os.environ.items() if key not in NOT_INHERITED}
     env.update(
         HOKUSAI_VAR_DIR=str(tmp_path / "var"),
         HOKUSAI_BIND=f"127.0.0.1:{web_port}",
+        MLFLOW_PROXY_SERVER_BIND=f"127.0.0.1:{proxy_port}",
         MLFLOW_TRACKING_URI=f"http://127.0.0.1:{mlflow_port}",
         ENV_FILE="/nonexistent",
     )
@@ -151,7 +154,16 @@ def test_make_run_serves_health_and_stops_cleanly_on_ctrl_c(tmp_path):
         assert not_found.headers["Content-Type"] == "application/problem+json"
         assert not_found.json()["code"] == "not_found"
 
-        register_a_model(http, f"http://127.0.0.1:{web_port}", mlflow_port, env)
+        key = register_a_model(http, f"http://127.0.0.1:{web_port}", mlflow_port, env)
+        # The MLflow proxy server, on the same embedded defaults, shows what was registered.
+        registered = http.request(
+            "GET",
+            f"http://127.0.0.1:{proxy_port}/api/2.0/mlflow/registered-models/get",
+            fields={"name": "E2E churn"},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert registered.status == 200, registered.data
+        assert registered.json()["registered_model"]["latest_versions"][0]["version"] == "1"
 
         # gunicorn's workers share their counters through the multiprocess directory.
         metrics = http.request("GET", f"http://127.0.0.1:{web_port}/metrics").data.decode()
@@ -166,8 +178,8 @@ def test_make_run_serves_health_and_stops_cleanly_on_ctrl_c(tmp_path):
     assert processes_with_env("HOKUSAI_VAR_DIR", env["HOKUSAI_VAR_DIR"]) == [], output[-3000:]
     assert "killing it" not in output, output[-3000:]
     assert "[smoke-test-1] hokusai.access: GET /api/v1/health 200" in output
-    for name in ("mlflow", "web", "worker", "beat"):
+    for name in ("mlflow", "web", "proxy", "worker", "beat"):
         assert f"{name} stopped" in output
-    for port in (web_port, mlflow_port):
+    for port in (web_port, mlflow_port, proxy_port):
         with pytest.raises(urllib3.exceptions.HTTPError):
             http.request("GET", f"http://127.0.0.1:{port}/health", retries=False, timeout=2)

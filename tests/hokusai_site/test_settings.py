@@ -97,7 +97,8 @@ def test_embedded_default_uses_sqlite_and_no_servers(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "settings_module", ["hokusai_site.settings", "hokusai_site.prediction_settings"]
+    "settings_module",
+    ["hokusai_site.settings", "hokusai_site.prediction_settings", "hokusai_site.proxy_settings"],
 )
 def test_production_settings_pass_djangos_deploy_checks(tmp_path, settings_module):
     result = subprocess.run(

@@ -1,10 +1,12 @@
-"""The MLflow proxy served by a real gunicorn: the stock MLflow client end to end against a real
-MLflow server, chunked uploads, and a 200 MB artifact round trip in bounded memory."""
+"""The MLflow proxy served by real servers (the web server, gunicorn, and the MLflow proxy server,
+granian): the stock MLflow client end to end against a real MLflow server, the UI for staff,
+chunked uploads, and a 200 MB artifact round trip in bounded memory."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -100,9 +102,18 @@ def http() -> Iterator[urllib3.PoolManager]:
     manager.clear()
 
 
+# Both answer the proxy's routes: a deployment sends them to the proxy server (deploy/nginx.conf).
+SERVER_FACTORIES = ["web_server_factory", "mlflow_proxy_server_factory"]
+
+
+@pytest.fixture(params=SERVER_FACTORIES)
+def server_factory(request):
+    return request.getfixturevalue(request.param)
+
+
 @pytest.fixture
-def proxy_to_mlflow(web_server_factory, running_mlflow) -> str:
-    return web_server_factory(MLFLOW_TRACKING_URI=running_mlflow.url)
+def proxy_to_mlflow(server_factory, running_mlflow) -> str:
+    return server_factory(MLFLOW_TRACKING_URI=running_mlflow.url)
 
 
 @pytest.mark.parametrize("mount", ["", "/api/mlflow"])
@@ -174,6 +185,63 @@ def test_staff_use_the_mlflow_web_ui_through_the_proxy(client, running_mlflow, s
     assert stored["experiment"]["experiment_id"] == experiment_id
 
 
+def test_the_mlflow_proxy_server_answers_the_proxy_and_the_ui_and_nothing_else(
+    mlflow_proxy_server_factory, running_mlflow, client, owner, staff, issue_key, http
+):
+    base_url = mlflow_proxy_server_factory(MLFLOW_TRACKING_URI=running_mlflow.url)
+    _, key = issue_key(owner, ["mlflow:read", "models:read"])
+    auth = {"Authorization": f"Bearer {key}", "X-Request-ID": "proxy-server-1"}
+
+    found = http.request(
+        "GET",
+        f"{base_url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default",
+        headers=auth,
+    )
+    assert found.status == 200, found.data
+    assert found.json()["experiment"]["experiment_id"] == "0"
+    # The same headers as from the web server: request id, rate limit, security.
+    assert found.headers["X-Request-ID"] == "proxy-server-1"
+    assert int(found.headers["X-RateLimit-Limit"]) > 0
+    assert found.headers["X-Content-Type-Options"] == "nosniff"
+
+    # The rest of the platform is the web server's.
+    for path in ("/api/v1/models", "/api/v1/keys", "/api/v1/health"):
+        refused = http.request("GET", base_url + path, headers=auth)
+        assert (refused.status, refused.json()["code"]) == (404, "not_found"), path
+    assert http.request("GET", f"{base_url}/admin/").status == 404
+
+    # A browser without a session is sent to the web server's login page, and back after it.
+    html = {"Accept": "text/html"}
+    anonymous = http.request("GET", f"{base_url}/mlflow/", headers=html, redirect=False)
+    assert anonymous.status == 302
+    assert anonymous.headers["Location"] == "/admin/login/?next=/mlflow/"
+    client.force_login(staff)
+    session = {"Cookie": f"sessionid={client.cookies['sessionid'].value}"}
+    page = http.request("GET", f"{base_url}/mlflow/", headers={**html, **session})
+    assert page.status == 200
+    assert b"static-files/static/js/main" in page.data
+    name = f"proxy-server-ui-{uuid.uuid4().hex[:8]}"
+    ajax = {**session, "Content-Type": "application/json", "Sec-Fetch-Site": "same-origin"}
+    created = http.request(
+        "POST",
+        f"{base_url}/mlflow/ajax-api/2.0/mlflow/experiments/create",
+        body=json.dumps({"name": name}),
+        headers={**ajax, "Origin": base_url},
+    )
+    assert created.status == 200, created.data
+    stored = mlflow_get(running_mlflow.url, "experiments/get-by-name", experiment_name=name)
+    assert stored["experiment"]["experiment_id"] == created.json()["experiment_id"]
+    # Another site's page cannot use the session.
+    forged = http.request(
+        "POST",
+        f"{base_url}/mlflow/ajax-api/2.0/mlflow/experiments/create",
+        body=json.dumps({"name": name + "-forged"}),
+        headers={**ajax, "Origin": "https://elsewhere.example"},
+    )
+    assert forged.status == 403
+    assert forged.json()["code"] == "csrf_failed"
+
+
 def test_mlflows_own_errors_reach_the_client_byte_for_byte(
     client, running_mlflow, owner, issue_key
 ):
@@ -189,24 +257,30 @@ def test_mlflows_own_errors_reach_the_client_byte_for_byte(
     assert proxied["Content-Type"] == direct.headers["Content-Type"]
 
 
-# --- Streaming through gunicorn ----------------------------------------------------------------
+# --- Streaming through the servers ------------------------------------------------------------
 
 
 def server_pids(base_url: str) -> list[int]:
-    """gunicorn's master and workers for `base_url`, found by the bind address they were given."""
-    bind = f"HOKUSAI_BIND={base_url.removeprefix('http://')}".encode()
+    """The processes serving `base_url`: those holding its listening socket (gunicorn's master
+    and workers, granian's)."""
+    port = int(base_url.rsplit(":", 1)[1])
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            # local address hex:PORT, state 0A (LISTEN), socket inode
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                listening.add(f"socket:[{fields[9]}]")
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if b"gunicorn" in (entry / "cmdline").read_bytes() and bind in (
-                (entry / "environ").read_bytes().split(b"\0")
-            ):
+            if any(os.readlink(fd) in listening for fd in (entry / "fd").iterdir()):
                 pids.append(int(entry.name))
         except OSError:
             continue
-    assert pids, f"no gunicorn process serves {base_url}"
+    assert pids, f"no process serves {base_url}"
     return pids
 
 
@@ -301,11 +375,11 @@ def test_a_200_mb_artifact_goes_up_and_down_in_bounded_memory(
 
 
 @pytest.fixture
-def proxy_to_stand_in(web_server_factory) -> Iterator[tuple[str, StandIn]]:
+def proxy_to_stand_in(server_factory) -> Iterator[tuple[str, StandIn]]:
     stand_in = StandIn()
     try:
         yield (
-            web_server_factory(
+            server_factory(
                 MLFLOW_TRACKING_URI=stand_in.url, MLFLOW_PROXY_MAX_UPLOAD_BYTES=str(MiB)
             ),
             stand_in,
