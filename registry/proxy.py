@@ -6,7 +6,8 @@ authentication, scopes, rate limits and error shape (DESIGN.md, "Routes").
     /api/3.0/mlflow/…, /ajax-api/2.0/…       ->  unchanged
 
 Each route needs `mlflow:read`, `mlflow:write` or `admin`, as SCOPE_TABLE says. Bodies and
-answers stream in CHUNK_BYTES pieces, so artifacts of any size pass without being held in memory;
+answers stream in pieces (CHUNK_BYTES, RELAY_CHUNK_BYTES), so artifacts of any size pass without
+being held in memory;
 only the JSON bodies of the few routes that name storage locations are read whole and checked.
 Requests are forwarded through registry.mlflow (the DNS resolver, one keep-alive pool), with our
 credentials removed and the caller named in X-Hokusai-Caller; redirects are passed back, never
@@ -46,9 +47,12 @@ from registry import mlflow
 
 logger = logging.getLogger(__name__)
 
-# Large enough that a fast download costs little Python per byte, small enough that a few
+# Large enough that a fast upload costs little Python per byte, small enough that a few
 # dozen transfers at once stay a few MiB.
 CHUNK_BYTES = 256 * 1024
+# Answers are read as pyreqwest buffers them (64 KiB): larger reads are allocated past glibc's
+# mmap threshold, and each worker's RSS rose by ~20 MiB on its first large download and stayed.
+RELAY_CHUNK_BYTES = 64 * 1024
 
 # --- Which scope each route needs ------------------------------------------------------------
 
@@ -348,7 +352,7 @@ def _chunks(stream: _Readable, *, length: int | None, limit: int) -> Iterator[by
 
 def _relay(upstream: mlflow.StreamedResponse) -> Iterator[bytes]:
     try:
-        yield from upstream.chunks(CHUNK_BYTES)
+        yield from upstream.chunks(RELAY_CHUNK_BYTES)
     finally:
         upstream.close()
 

@@ -429,8 +429,8 @@ def test_large_answers_stream_in_pieces(client, stand_in, reader):
     stand_in.reply = Reply(headers=[("Content-Type", "application/octet-stream")], body=payload)
     response = client.get("/api/2.0/mlflow-artifacts/artifacts/1/big.bin", **bearer(reader))
     pieces = list(response.streaming_content)
-    assert len(pieces) >= len(payload) // proxy.CHUNK_BYTES
-    assert max(len(piece) for piece in pieces) <= proxy.CHUNK_BYTES
+    assert len(pieces) >= len(payload) // proxy.RELAY_CHUNK_BYTES
+    assert max(len(piece) for piece in pieces) <= proxy.RELAY_CHUNK_BYTES
     assert b"".join(pieces) == payload
 
 
