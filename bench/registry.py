@@ -127,9 +127,17 @@ class Setup:
         MLflow), and its headers."""
         if variant.name == "direct":
             return self.mlflow_url, None, {}
-        server = self.proxy_server if variant.name == "proxy" else self.web
-        base_url = self.proxy_url if variant.name == "proxy" else self.base_url
-        return base_url, server, {"Authorization": f"Bearer {self.key}"}
+        if variant.name == "proxy":
+            return self.proxy_url, self.proxy_server, self.key_header
+        return self.base_url, self.web, self.key_header
+
+    @property
+    def key_header(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def measured(self, proxying: Service | None) -> dict[str, Service]:
+        """The process groups a variant's figures are of: MLflow's, and the proxying server's."""
+        return {"mlflow": self.mlflow} | ({"proxy": proxying} if proxying else {})
 
 
 def parse_args() -> argparse.Namespace:
@@ -193,7 +201,7 @@ def print_header(args: argparse.Namespace, env: dict[str, str]) -> None:
         print(f"    {shell_line(wrk)}")
     print(
         f"\n(c) GET /api/2.0/mlflow-artifacts/artifacts/{ARTIFACT_PATH} ({args.download_mb} MB), "
-        "read in 1 MiB pieces by one urllib3 client; direct and proxy alternate, "
+        "read in 1 MiB pieces by one urllib3 client; the variants alternate, "
         f"{args.rounds} time(s) each"
     )
     print(
@@ -367,19 +375,16 @@ class Throughput:
 def measure_throughput(variant: Variant, setup: Setup, args: argparse.Namespace) -> Throughput:
     base_url, server, headers = setup.door(variant)
     url = f"{base_url}/api/2.0/mlflow/registered-models/get?name={MODEL_NAME}"
-    pgids = [setup.mlflow.process.pid] + ([server.process.pid] if server else [])
+    groups = setup.measured(server)
     with step(f"(b) {variant.name}: {args.warmup}s warm-up, {args.duration}s measured"):
         run_wrk(**keyed_wrk(url, headers, args, args.warmup))
-        before = [group_usage([pgid]).cpu_seconds for pgid in pgids]
+        before = {name: group_usage([s.process.pid]).cpu_seconds for name, s in groups.items()}
         watch = CpuWatch.start([service.process.pid for service in setup.services])
         result = run_wrk(**keyed_wrk(url, headers, args, args.duration))
-        after = [group_usage([pgid]).cpu_seconds for pgid in pgids]
+        after = {name: group_usage([s.process.pid]).cpu_seconds for name, s in groups.items()}
         other_cpu = watch.other_percent()
-    mlflow_ms, *proxy_ms = (
-        1000 * (end - start) / max(result.requests, 1)
-        for start, end in zip(before, after, strict=True)
-    )
-    return Throughput(variant.name, result, proxy_ms[0] if proxy_ms else None, mlflow_ms, other_cpu)
+    ms = {name: 1000 * (after[name] - before[name]) / max(result.requests, 1) for name in groups}
+    return Throughput(variant.name, result, ms.get("proxy"), ms["mlflow"], other_cpu)
 
 
 # --- (c) a large download -----------------------------------------------------------------------
@@ -434,9 +439,8 @@ class PeakRss:
 def measure_download(variant: Variant, setup: Setup, size: int) -> Download:
     base_url, server, headers = setup.door(variant)
     url = f"{base_url}/api/2.0/mlflow-artifacts/artifacts/{ARTIFACT_PATH}"
-    mlflow = setup.mlflow.process.pid
-    pgids = [mlflow] + ([server.process.pid] if server else [])
-    with step(f"(c) {variant.name}: {size // MiB} MB download"), PeakRss(pgids) as rss:
+    pgids = {name: s.process.pid for name, s in setup.measured(server).items()}
+    with step(f"(c) {variant.name}: {size // MiB} MB download"), PeakRss([*pgids.values()]) as rss:
         started = time.perf_counter()
         response = _http.request("GET", url, headers=headers, preload_content=False)
         received = sum(len(piece) for piece in response.stream(MiB))
@@ -444,9 +448,10 @@ def measure_download(variant: Variant, setup: Setup, size: int) -> Download:
         response.release_conn()
     if response.status != 200 or received != size:
         raise RuntimeError(f"{variant.name}: HTTP {response.status}, {received} of {size} bytes")
-    proxy_growth = rss.growth_mib(server.process.pid) if server else None
-    mlflow_growth = rss.growth_mib(mlflow)
-    return Download(variant.name, size / 1e6 / seconds, seconds, proxy_growth, mlflow_growth)
+    growth = {name: rss.growth_mib(pgid) for name, pgid in pgids.items()}
+    megabytes_per_second = size / 1e6 / seconds
+    proxy_growth, mlflow_growth = growth.get("proxy"), growth["mlflow"]
+    return Download(variant.name, megabytes_per_second, seconds, proxy_growth, mlflow_growth)
 
 
 # --- Report -------------------------------------------------------------------------------------
@@ -461,13 +466,14 @@ def best_per_variant(items: list, score) -> list:
     return list(best.values())
 
 
-def target_ratio(shown: list, score, part: str) -> float | None:
-    """The ratio a target is set on (TARGET_VARIANT over the baseline), if both were run."""
-    by_name = {item.variant: item for item in shown}
-    target = by_name.get(TARGET_VARIANT[part])
-    if target is None or len(shown) < 2:
-        return None
-    return score(target) / score(shown[0])
+def ratios_to_baseline(shown: list, score) -> dict[str, float]:
+    """Each variant's score over the baseline's (the first variant run)."""
+    return {item.variant: score(item) / score(shown[0]) for item in shown}
+
+
+def target_ratio(ratios: dict[str, float], part: str) -> float | None:
+    """The ratio a target is set on (TARGET_VARIANT's over the baseline), if both were run."""
+    return ratios.get(TARGET_VARIANT[part]) if len(ratios) > 1 else None
 
 
 def cpu_figure(milliseconds: float | None) -> str:
@@ -477,13 +483,14 @@ def cpu_figure(milliseconds: float | None) -> str:
 def print_registrations(registrations: list[Registrations]) -> float | None:
     """The table for (a); returns our route's ratio."""
     shown = best_per_variant(registrations, lambda r: r.per_second)
+    ratios = ratios_to_baseline(shown, lambda r: r.per_second)
     rows = [
         [
             r.variant,
             f"{r.per_second:.1f}",
             f"{r.web_cpu_ms:.1f}",
             f"{r.mlflow_cpu_ms:.1f}",
-            f"{r.per_second / shown[0].per_second:.2f}",
+            f"{ratios[r.variant]:.2f}",
             " ".join(f"{x.per_second:.1f}" for x in registrations if x.variant == r.variant),
         ]
         for r in shown
@@ -491,7 +498,7 @@ def print_registrations(registrations: list[Registrations]) -> float | None:
     print("\n(a) registrations/s")
     headers = ["variant", "registrations/s", "gunicorn cpu ms/reg", "mlflow cpu ms/reg", "ratio"]
     print(format_table([*headers, "each round"], rows))
-    return target_ratio(shown, lambda r: r.per_second, "a")
+    return target_ratio(ratios, "a")
 
 
 def round_ratios(throughputs: list[Throughput], variant: str) -> list[float]:
@@ -516,7 +523,8 @@ def print_throughputs(throughputs: list[Throughput]) -> float | None:
             key=lambda t: t.result.requests_per_second,
         )
         shown.append(rounds[(len(rounds) - 1) // 2])
-    ratios = {name: statistics.median(round_ratios(throughputs, name)) for name in names}
+    per_round = {name: round_ratios(throughputs, name) for name in names}
+    ratios = {name: statistics.median(values) for name, values in per_round.items()}
     rows = [
         [
             t.variant,
@@ -533,7 +541,7 @@ def print_throughputs(throughputs: list[Throughput]) -> float | None:
             " ".join(
                 f"{x.result.requests_per_second:.0f}" for x in throughputs if x.variant == t.variant
             ),
-            " ".join(f"{ratio:.2f}" for ratio in round_ratios(throughputs, t.variant)),
+            " ".join(f"{ratio:.2f}" for ratio in per_round[t.variant]),
         ]
         for t in shown
     ]
@@ -548,13 +556,13 @@ def print_throughputs(throughputs: list[Throughput]) -> float | None:
         "cpu%: the CPU share of work not ours during the run (above "
         f"{BUSY_MACHINE_PERCENT}% the run competed for the CPU)."
     )
-    target = TARGET_VARIANT["b"]
-    return ratios[target] if target in ratios and len(names) > 1 else None
+    return target_ratio(ratios, "b")
 
 
 def print_downloads(downloads: list[Download], size: int) -> float | None:
     """The table for (c); returns the proxy server's ratio."""
     fastest = best_per_variant(downloads, lambda d: d.megabytes_per_second)
+    ratios = ratios_to_baseline(fastest, lambda d: d.megabytes_per_second)
     rows = [
         [
             d.variant,
@@ -565,7 +573,7 @@ def print_downloads(downloads: list[Download], size: int) -> float | None:
             if d.proxy_growth_mib is None
             else f"{max(x.proxy_growth_mib for x in downloads if x.variant == d.variant):.1f}",
             f"{max(x.mlflow_growth_mib for x in downloads if x.variant == d.variant):.1f}",
-            f"{d.megabytes_per_second / fastest[0].megabytes_per_second:.2f}",
+            f"{ratios[d.variant]:.2f}",
             " ".join(f"{x.megabytes_per_second:.0f}" for x in downloads if x.variant == d.variant),
         ]
         for d in fastest
@@ -577,7 +585,7 @@ def print_downloads(downloads: list[Download], size: int) -> float | None:
         "+MiB: the largest rise of the process group's summed RSS during a download (sampled "
         "every 20 ms), over all rounds; MB/s and seconds: the best round."
     )
-    return target_ratio(fastest, lambda d: d.megabytes_per_second, "c")
+    return target_ratio(ratios, "c")
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """The servers granian runs for this project (`manage.py prediction_server`,
 `manage.py mlflow_proxy_server`): the same Django, each with settings of its own, for the routes
-where the web server's CPU per request decides throughput (README "Serving")."""
+where the web server's CPU per request decides throughput (README "Inference" and "MLflow
+proxy")."""
 
 import os
 import shutil

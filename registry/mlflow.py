@@ -3,7 +3,7 @@
 
 Two HTTP clients, each where it is best: urllib3 for the registry's JSON calls (`request`,
 `call`), and pyreqwest (Rust's reqwest) for what the MLflow proxy forwards (`stream`), where the
-client's CPU per request is throughput MLflow loses: ~0.35 ms against urllib3's ~0.75 ms for a
+client's CPU per request is throughput MLflow loses: ~0.38 ms against urllib3's ~0.75 ms for a
 small answer on the benchmark machine (bench/registry.py (b)).
 """
 
