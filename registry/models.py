@@ -95,7 +95,9 @@ class ModelVersion(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        ordering = ["model", "-version"]
+        # By the column, not "model": that would join registry_model into every lookup of a
+        # model's versions to sort by the model's own ordering.
+        ordering = ["model_id", "-version"]
         constraints = [
             models.UniqueConstraint(fields=["model", "version"], name="model_version_unique")
         ]

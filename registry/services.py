@@ -260,7 +260,8 @@ def record_version(
 ) -> tuple[ModelVersion, bool]:
     """Our rows for a READY MLflow version, its audit entry and its events; in the caller's
     transaction. Returns the version and whether events were recorded now (False: it was
-    announced before, and this is a repeat)."""
+    announced before, and this is a repeat). A version recorded now comes back with its model
+    as the read API shows it: with its newest version as `latest_versions`."""
     metric = METRICS[facts.metric_name]
     new_model = model is None
     if new_model:
@@ -282,7 +283,12 @@ def record_version(
     model.status = "ready_to_deploy" if beats else "registered"
     model.save()
     number = int(mlflow_version["version"])
-    version = None if new_model else model.versions.filter(version=number).first()
+    # This number's row (sync or an earlier attempt may have written it) and the newest, in one
+    # query: a retry can finish a version older than the newest.
+    later = (
+        [] if new_model else list(model.versions.filter(version__gte=number).order_by("-version"))
+    )
+    version = next((known for known in later if known.version == number), None)
     if version is None:
         version = ModelVersion(
             model=model,
@@ -299,6 +305,7 @@ def record_version(
     version.mlflow_status = mlflow_version.get("status", version.mlflow_status)
     version.announced = True
     version.save()
+    model.latest_versions = [later[0] if later and later[0].version > number else version]
     audit.model_version_registered(actor=actor, version=version)
     record_events(
         event_types=["model_registered", "model_ready_to_deploy"]

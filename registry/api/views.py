@@ -237,9 +237,7 @@ class ModelRegisterApi(APIView):
             answer: dict = {}
 
             def answer_with(version: ModelVersion) -> None:
-                model = version.model
-                model.latest_versions = [selectors.model_versions(model).first()]
-                answer.update(model_output(model, request))
+                answer.update(model_output(version.model, request))
                 claim.answer(status.HTTP_201_CREATED, answer)
 
             services.model_register(

@@ -339,6 +339,34 @@ def test_a_first_registration_of_a_logged_model_is_one_mlflow_call(
     assert not RegistrationAttempt.objects.exists()
 
 
+def test_a_retry_finishing_an_older_version_answers_with_the_newest(
+    client, writer, logged_model, another_logged_model, mlflow_client, monkeypatch
+):
+    first = body(logged_model)
+    assert register(client, writer, first).status_code == 201
+    older = {**first, "model_uri": f"models:/{another_logged_model['model_id']}"}
+
+    def fail(**kwargs):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(services, "record_version", fail)
+    with pytest.raises(RuntimeError):
+        register(client, writer, older)  # version 2 is in MLflow only
+    monkeypatch.undo()
+    run = mlflow_client.create_run("0")
+    newest = mlflow_client.create_logged_model("0", name="model", source_run_id=run.info.run_id)
+    newer = {**first, "model_uri": f"models:/{newest.model_id}"}
+    assert register(client, writer, newer).json()["latest_version"]["version"] == 3
+
+    retried = register(client, writer, older)
+
+    assert retried.status_code == 201, retried.content
+    assert retried.json()["latest_version"]["version"] == 3
+    recorded = ModelVersion.objects.filter(model__name=first["model_name"])
+    assert sorted(recorded.values_list("version", "announced")) == [(1, True), (2, True), (3, True)]
+    assert len(mlflow_versions(mlflow_client, first["model_name"])) == 3
+
+
 def test_a_registration_holding_its_source_makes_a_twin_409(writer, owner, logged_model):
     uri = f"models:/{logged_model['model_id']}"
     with registration_attempt("Twin model", uri) as attempt:
