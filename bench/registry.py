@@ -146,7 +146,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--download-mb", type=int, default=500, help="size of the artifact (c)")
     parser.add_argument(
-        "--registrations", type=int, default=120, help="registrations per variant and round (a)"
+        "--registrations", type=int, default=300, help="registrations per variant and round (a)"
     )
     parser.add_argument("--parts", default="abc", help="which measurements to run (a, b, c)")
     # MLflow's own req/s moves by up to half between back-to-back runs on a 2-core machine.
