@@ -350,11 +350,19 @@ def _chunks(stream: _Readable, *, length: int | None, limit: int) -> Iterator[by
         raise BodyIncomplete()
 
 
-def _relay(upstream: mlflow.StreamedResponse) -> Iterator[bytes]:
-    try:
-        yield from upstream.chunks(RELAY_CHUNK_BYTES)
-    finally:
-        upstream.close()
+class Relay:
+    """MLflow's answer as our response's body. Django closes every response once its server is
+    done with it, and that ends the exchange with MLflow: also for a body never read (a client
+    gone before the first byte), where a generator's `finally` would not run."""
+
+    def __init__(self, upstream: mlflow.StreamedResponse) -> None:
+        self._upstream = upstream
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._upstream.chunks(RELAY_CHUNK_BYTES)
+
+    def close(self) -> None:
+        self._upstream.close()
 
 
 # --- Authentication for the web UI -------------------------------------------------------------
@@ -447,7 +455,7 @@ class MlflowProxyApi(APIView):
             target += "?" + query
         upstream = _open(django_request.method, target, headers=headers, body=body)
         # reqwest keeps no reason phrase: Django gives the status code's own.
-        response = StreamingHttpResponse(_relay(upstream), status=upstream.status)
+        response = StreamingHttpResponse(Relay(upstream), status=upstream.status)
         del response["Content-Type"]
         for name, value in returned_headers(upstream).items():
             response[name] = value

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from django.http import StreamingHttpResponse
 
 from hokusai_site import dns
 from hokusai_site.dns import DnsResolver, reset_resolver
@@ -678,6 +679,28 @@ def test_mlflow_answering_too_slowly_is_504_after_the_read_timeout(
     assert response.status_code == 504
     assert problem(response)["code"] == "mlflow_timeout"
     assert len(stand_in.received) == 1
+
+
+class _UnreadAnswer:
+    closed = False
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        yield b"never read"
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_an_answer_whose_body_is_never_read_still_ends_the_exchange_with_mlflow():
+    # given an answer relayed as a response that its server never iterated (the client left)
+    upstream = _UnreadAnswer()
+    response = StreamingHttpResponse(proxy.Relay(upstream))
+
+    # when the server is done with it
+    response.close()
+
+    # then the exchange is closed, not left to the garbage collector
+    assert upstream.closed
 
 
 # --- The web UI with a staff session -----------------------------------------------------------
