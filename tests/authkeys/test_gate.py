@@ -134,6 +134,7 @@ def test_a_revoke_reaches_a_server_process_that_holds_the_key(web_server_factory
 def test_the_beat_publishes_recent_changes_every_minute():
     from hokusai_site.celery import app
 
+    app.loader.import_default_modules()  # what a worker does at start: finds the tasks
     entry = settings.CELERY_BEAT_SCHEDULE["republish-api-key-changes"]
     assert entry == {"task": "authkeys.republish_key_changes", "schedule": 60.0}
     assert "authkeys.republish_key_changes" in app.tasks
