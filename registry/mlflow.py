@@ -1,10 +1,10 @@
 """The only door to the MLflow tracking server. Every connection goes through the DNS resolver
 (hokusai_site.dns), so a DNS outage falls back to the last good or the configured address.
 
-Two HTTP clients, each where it is best: urllib3 for the registry's JSON calls (`request`,
-`call`), and pyreqwest (Rust's reqwest) for what the MLflow proxy forwards (`stream`), where the
-client's CPU per request is throughput MLflow loses: ~0.38 ms against urllib3's ~0.75 ms for a
-small answer on the benchmark machine (bench/registry.py (b)).
+One HTTP client, pyreqwest (Rust's reqwest), for the registry's JSON calls (`request`, `call`)
+and for what the MLflow proxy forwards (`stream`): ~0.38 ms of CPU for a small answer on the
+benchmark machine against urllib3's ~0.75 ms, which a registration and every proxied request
+pay on the cores MLflow shares (bench/registry.py).
 """
 
 from __future__ import annotations
@@ -17,17 +17,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlencode, urlsplit
 
-import urllib3
 from django.conf import settings
+from pyreqwest import exceptions as client_errors
 from pyreqwest.client import SyncClient, SyncClientBuilder
 from pyreqwest.http import HeaderMap
 from pyreqwest.request import SyncStreamRequest
 
 from hokusai_site.dns import DnsResolutionError, Resolution, get_resolver
 
-_pools: dict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = {}
-_streaming_clients: dict[tuple[str, str, int, str, float, float], SyncClient] = {}
-_pools_lock = threading.Lock()
+_clients: dict[tuple[str, str, int, str, float, float], SyncClient] = {}
+_clients_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -36,11 +35,6 @@ class Upstream:
     host: str
     port: int
     base_path: str
-
-    @property
-    def host_header(self) -> str:
-        default_port = 443 if self.scheme == "https" else 80
-        return self.host if self.port == default_port else f"{self.host}:{self.port}"
 
     def url(self, path: str) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -69,71 +63,52 @@ def resolve_upstream() -> tuple[Upstream, Resolution]:
     return target, get_resolver().resolve(target.host)
 
 
-def _pool(target: Upstream, address: str) -> urllib3.HTTPConnectionPool:
-    """A keep-alive pool per resolved address; TLS still verifies the configured host name."""
-    key = (target.scheme, address, target.port, target.host)
-    with _pools_lock:
-        pool = _pools.get(key)
-        if pool is None:
-            if target.scheme == "https":
-                pool = urllib3.HTTPSConnectionPool(
-                    address,
-                    target.port,
-                    server_hostname=target.host,
-                    assert_hostname=target.host,
-                    maxsize=16,
-                    block=False,
-                )
-            else:
-                pool = urllib3.HTTPConnectionPool(address, target.port, maxsize=16, block=False)
-            _pools[key] = pool
-        return pool
-
-
-def _urlopen(
-    method: str,
-    path: str,
-    *,
-    timeout: urllib3.Timeout,
-    headers: dict[str, str] | None = None,
-    **kwargs,
-) -> urllib3.BaseHTTPResponse:
-    target, resolution = resolve_upstream()
-    return _pool(target, resolution.address).urlopen(
-        method,
-        target.base_path + path,
-        headers={"Host": target.host_header, **(headers or {})},
-        timeout=timeout,
-        retries=False,
-        redirect=False,
-        **kwargs,
-    )
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    data: bytes
 
 
 def request(
-    method: str, path: str, *, timeout: float, headers: dict[str, str] | None = None, **kwargs
-) -> urllib3.BaseHTTPResponse:
-    """One HTTP request to the tracking server; never follows redirects, and retries only a
-    GET whose kept-alive connection MLflow had just closed."""
-    timeouts = urllib3.Timeout(connect=timeout, read=timeout)
+    method: str,
+    path: str,
+    *,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+) -> Answer:
+    """One HTTP request to the tracking server, its answer read whole; never follows redirects,
+    and retries only a GET whose kept-alive connection MLflow had just closed."""
     try:
-        return _urlopen(method, path, timeout=timeouts, headers=headers, **kwargs)
-    except urllib3.exceptions.ProtocolError:
+        return _send(method, path, timeout=timeout, headers=headers, body=body)
+    except client_errors.NetworkError:
         # MLflow's uvicorn closes connections idle for 5 s, and a pooled one can go just as it
-        # is reused: nothing reached MLflow, so a GET goes again on a fresh connection.
+        # is reused (reqwest calls that a connect error, sent or not): a GET goes again.
         if method != "GET":
             raise
-        return _urlopen(method, path, timeout=timeouts, headers=headers, **kwargs)
+        return _send(method, path, timeout=timeout, headers=headers, body=body)
 
 
-def _streaming_client(
+def _send(
+    method: str, path: str, *, timeout: float, headers: dict[str, str] | None, body: bytes | None
+) -> Answer:
+    target, resolution = resolve_upstream()
+    client = _client(target, resolution.address, connect_timeout=timeout, read_timeout=timeout)
+    builder = client.request(method, target.url(path)).headers(headers or {})
+    if body is not None:
+        builder = builder.body_bytes(body)
+    response = builder.build().send()
+    return Answer(response.status, bytes(response.bytes()))
+
+
+def _client(
     target: Upstream, address: str, *, connect_timeout: float, read_timeout: float
 ) -> SyncClient:
     """reqwest's keep-alive pool for one resolved address: requests name the configured host (so
     Host and TLS are its) and connect to `address`."""
     key = (target.scheme, target.host, target.port, address, connect_timeout, read_timeout)
-    with _pools_lock:
-        client = _streaming_clients.get(key)
+    with _clients_lock:
+        client = _clients.get(key)
         if client is None:
             client = (
                 SyncClientBuilder()
@@ -149,7 +124,7 @@ def _streaming_client(
                 .deflate(False)
                 .build()
             )
-            _streaming_clients[key] = client
+            _clients[key] = client
         return client
 
 
@@ -186,7 +161,7 @@ def stream(
     are returned, never followed. Errors are pyreqwest's (pyreqwest.exceptions), what the body
     iterable raises, and DnsResolutionError."""
     target, resolution = resolve_upstream()
-    client = _streaming_client(
+    client = _client(
         target, resolution.address, connect_timeout=connect_timeout, read_timeout=read_timeout
     )
     builder = client.request(method, target.url(path)).headers(headers)
@@ -224,10 +199,10 @@ def call(
             path,
             timeout=settings.MLFLOW_REQUEST_TIMEOUT_SECONDS,
             headers={"Content-Type": "application/json"},
-            body=None if body is None else json.dumps(body),
+            body=None if body is None else json.dumps(body).encode(),
         )
         data = json.loads(response.data or b"{}")
-    except (urllib3.exceptions.HTTPError, OSError, DnsResolutionError, ValueError) as exc:
+    except (client_errors.RequestError, DnsResolutionError, ValueError) as exc:
         raise MlflowUnavailable(f"{method} {endpoint}: {exc}") from exc
     if response.status >= 500:
         raise MlflowUnavailable(f"{method} {endpoint}: HTTP {response.status}")

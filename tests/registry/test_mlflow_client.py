@@ -70,10 +70,10 @@ def _read_request(connection: socket.socket) -> bytes:
 def dropping_server(settings):
     server = DroppingServer()
     settings.MLFLOW_TRACKING_URI = f"http://127.0.0.1:{server.port}"
-    mlflow._pools.clear()
+    mlflow._clients.clear()
     yield server
     server.close()
-    mlflow._pools.clear()
+    mlflow._clients.clear()
 
 
 def test_a_get_on_a_dropped_connection_goes_again_on_a_fresh_one(dropping_server):
