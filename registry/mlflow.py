@@ -21,7 +21,7 @@ from django.conf import settings
 from pyreqwest import exceptions as client_errors
 from pyreqwest.client import SyncClient, SyncClientBuilder
 from pyreqwest.http import HeaderMap
-from pyreqwest.request import SyncStreamRequest
+from pyreqwest.request import SyncRequestBuilder, SyncStreamRequest
 
 from hokusai_site.dns import DnsResolutionError, Resolution, get_resolver
 
@@ -92,13 +92,29 @@ def request(
 def _send(
     method: str, path: str, *, timeout: float, headers: dict[str, str] | None, body: bytes | None
 ) -> Answer:
-    target, resolution = resolve_upstream()
-    client = _client(target, resolution.address, connect_timeout=timeout, read_timeout=timeout)
-    builder = client.request(method, target.url(path)).headers(headers or {})
+    builder = _request_builder(
+        method, path, headers=headers or {}, connect_timeout=timeout, read_timeout=timeout
+    )
     if body is not None:
         builder = builder.body_bytes(body)
     response = builder.build().send()
     return Answer(response.status, bytes(response.bytes()))
+
+
+def _request_builder(
+    method: str,
+    path: str,
+    *,
+    headers: dict[str, str],
+    connect_timeout: float,
+    read_timeout: float,
+) -> SyncRequestBuilder:
+    """A request to the tracking server at the resolver's address, through the pool for it."""
+    target, resolution = resolve_upstream()
+    client = _client(
+        target, resolution.address, connect_timeout=connect_timeout, read_timeout=read_timeout
+    )
+    return client.request(method, target.url(path)).headers(headers)
 
 
 def _client(
@@ -160,11 +176,9 @@ def stream(
     closes. Without a Content-Length in `headers` an iterable body goes out chunked; redirects
     are returned, never followed. Errors are pyreqwest's (pyreqwest.exceptions), what the body
     iterable raises, and DnsResolutionError."""
-    target, resolution = resolve_upstream()
-    client = _client(
-        target, resolution.address, connect_timeout=connect_timeout, read_timeout=read_timeout
+    builder = _request_builder(
+        method, path, headers=headers, connect_timeout=connect_timeout, read_timeout=read_timeout
     )
-    builder = client.request(method, target.url(path)).headers(headers)
     if isinstance(body, bytes):
         builder = builder.body_bytes(body)
     elif body is not None:

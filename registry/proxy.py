@@ -514,12 +514,10 @@ def _open(
         ) from None
     # Refused, reset, unreachable, or not HTTP.
     except (client_errors.RequestError, DnsResolutionError) as exc:
-        raise _unavailable(method, target, exc) from None
-
-
-def _unavailable(method: str, target: str, exc: Exception) -> ApplicationError:
-    logger.warning("MLflow is unreachable for %s %s: %s", method, target, exc)
-    return ApplicationError("mlflow_unavailable", "MLflow cannot be reached.", status=502)
+        logger.warning("MLflow is unreachable for %s %s: %s", method, target, exc)
+        raise ApplicationError(
+            "mlflow_unavailable", "MLflow cannot be reached.", status=502
+        ) from None
 
 
 def _opens_ui_page(request) -> bool:
