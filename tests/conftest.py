@@ -253,14 +253,19 @@ def issue_key():
     return issue
 
 
-@contextmanager
-def running_servers(tmp_path: Path) -> Iterator:
-    """`start(command, **env)` starts `command(port)` (its argv and environment) on the test
-    database and test Redis and returns its base URL once /health answers; every server started
-    is stopped at the end."""
-    started: list[subprocess.Popen] = []
+# Each running test server's first process, by base URL: its process group holds the server's
+# processes (gunicorn's master and workers, granian's), each started in a session of its own.
+SERVER_PROCESSES: dict[str, subprocess.Popen] = {}
 
-    def start(command, **env: str) -> str:
+
+@contextmanager
+def running_servers(tmp_path: Path, command) -> Iterator:
+    """`start(**env)` starts `command(port)` (its argv and environment) on the test database and
+    test Redis and returns its base URL once /health answers; every server started is stopped at
+    the end."""
+    started: list[str] = []
+
+    def start(**env: str) -> str:
         port = free_port()
         argv, command_env = command(port)
         with open(tmp_path / f"server-{port}.log", "wb") as log:
@@ -274,15 +279,17 @@ def running_servers(tmp_path: Path) -> Iterator:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        started.append(process)
-        wait_for_http(f"http://127.0.0.1:{port}/health", timeout=60, process=process)
-        return f"http://127.0.0.1:{port}"
+        base_url = f"http://127.0.0.1:{port}"
+        SERVER_PROCESSES[base_url] = process
+        started.append(base_url)
+        wait_for_http(f"{base_url}/health", timeout=60, process=process)
+        return base_url
 
     try:
         yield start
     finally:
-        for process in started:
-            stop_process(process)
+        for base_url in started:
+            stop_process(SERVER_PROCESSES.pop(base_url))
 
 
 def gunicorn_command(port: int) -> tuple[list[str], dict[str, str]]:
@@ -308,21 +315,21 @@ mlflow_proxy_server_command = granian_server_command("mlflow_proxy_server")
 def web_server_factory(transactional_db, tmp_path):
     """Starts real gunicorn servers (deploy/gunicorn.conf.py): `start(**env)` returns the base
     URL."""
-    with running_servers(tmp_path) as start:
-        yield lambda **env: start(gunicorn_command, **env)
+    with running_servers(tmp_path, gunicorn_command) as start:
+        yield start
 
 
 @pytest.fixture
 def prediction_server_factory(transactional_db, tmp_path):
     """Starts real prediction servers (manage.py prediction_server, granian): `start(**env)`
     returns the base URL."""
-    with running_servers(tmp_path) as start:
-        yield lambda **env: start(prediction_server_command, **env)
+    with running_servers(tmp_path, prediction_server_command) as start:
+        yield start
 
 
 @pytest.fixture
 def mlflow_proxy_server_factory(transactional_db, tmp_path):
     """Starts real MLflow proxy servers (manage.py mlflow_proxy_server, granian): `start(**env)`
     returns the base URL."""
-    with running_servers(tmp_path) as start:
-        yield lambda **env: start(mlflow_proxy_server_command, **env)
+    with running_servers(tmp_path, mlflow_proxy_server_command) as start:
+        yield start

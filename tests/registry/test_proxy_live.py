@@ -4,6 +4,7 @@ chunked uploads, and a 200 MB artifact round trip in bounded memory."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import urllib3
 
-from tests.conftest import subprocess_env
+from tests.conftest import SERVER_PROCESSES, subprocess_env
 from tests.registry.test_proxy import StandIn
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -261,25 +262,14 @@ def test_mlflows_own_errors_reach_the_client_byte_for_byte(
 
 
 def server_pids(base_url: str) -> list[int]:
-    """The processes serving `base_url`: those holding its listening socket (gunicorn's master
-    and workers, granian's)."""
-    port = int(base_url.rsplit(":", 1)[1])
-    listening = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for row in Path(table).read_text().splitlines()[1:]:
-            fields = row.split()
-            # local address hex:PORT, state 0A (LISTEN), socket inode
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
-                listening.add(f"socket:[{fields[9]}]")
+    """The processes serving `base_url`: its server's process group."""
+    group = SERVER_PROCESSES[base_url].pid
     pids = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if any(os.readlink(fd) in listening for fd in (entry / "fd").iterdir()):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
+        if entry.name.isdigit():
+            with contextlib.suppress(ProcessLookupError):
+                if os.getpgid(int(entry.name)) == group:
+                    pids.append(int(entry.name))
     assert pids, f"no process serves {base_url}"
     return pids
 
