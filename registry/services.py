@@ -23,7 +23,12 @@ from django.db.models import Q
 from authkeys.principals import Caller
 from hokusai_site.errors import ApplicationError
 from registry import audit, mlflow
-from registry.attempts import ATTEMPT_MEMORY, forget_failed_attempts, registration_attempt
+from registry.attempts import (
+    ATTEMPT_MEMORY,
+    Attempt,
+    forget_failed_attempts,
+    registration_attempt,
+)
 from registry.metrics import METRICS
 from registry.models import Model, ModelVersion
 from registry.selectors import model_versions
@@ -212,8 +217,11 @@ def wait_until_ready(name: str, version: dict) -> dict:
 def check_ownership(*, actor: Caller, facts: VersionFacts) -> Model | None:
     """The model these facts belong to, if it exists; 409 when it is someone else's or the
     token and the MLflow name disagree with what is registered."""
+    # With its owner, whom the registration's answer names.
     found = list(
-        Model.objects.filter(Q(token_symbol=facts.token_symbol) | Q(name=facts.model_name))
+        Model.objects.filter(
+            Q(token_symbol=facts.token_symbol) | Q(name=facts.model_name)
+        ).select_related("owner_user", "owner_identity")
     )
     for model in found:
         if model.token_symbol != facts.token_symbol:
@@ -281,7 +289,8 @@ def record_version(
         model.tags = {**model.tags, **facts.tags}
     beats = metric.beats(facts.current_value, facts.baseline_value)
     model.status = "ready_to_deploy" if beats else "registered"
-    model.save()
+    if new_model:
+        model.save()  # its first version points at it
     number = int(mlflow_version["version"])
     # This number's row (sync or an earlier attempt may have written it) and the newest, in one
     # query: a retry can finish a version older than the newest.
@@ -314,6 +323,13 @@ def record_version(
         model=event_model(version, actor),
         data=event_data(version, metric_name=facts.metric_name),
     )
+    if not new_model:
+        # Last: updating the model's row locks it until the transaction ends, and every other
+        # registration of this model waits for that lock. Only what a registration changes, so
+        # a change made meanwhile (its owner, say) is not written back.
+        changed = ["baseline_value", "status", "updated_at"]
+        changed += ["description"] * bool(facts.description) + ["tags"] * bool(facts.tags)
+        model.save(update_fields=changed)
     return version, True
 
 
@@ -380,19 +396,14 @@ def model_register(
         except (mlflow.MlflowUnavailable, mlflow.MlflowError) as exc:
             raise mlflow_failure(exc) from exc
 
-        def recorded(version: ModelVersion) -> None:
-            attempt.finish()
-            if on_recorded is not None:
-                on_recorded(version)
-
         try:
-            return _record_new_version(actor, facts, model, ready, recorded)
+            return _record_new_version(actor, facts, model, ready, attempt, on_recorded)
         except IntegrityError:
             # The model row was created meanwhile: by a twin request of this owner (use it),
             # or by someone else (check_ownership says 409).
             model = check_ownership(actor=actor, facts=facts)
         try:
-            return _record_new_version(actor, facts, model, ready, recorded)
+            return _record_new_version(actor, facts, model, ready, attempt, on_recorded)
         except IntegrityError:
             raise ApplicationError(
                 "token_symbol_taken",
@@ -406,9 +417,11 @@ def _record_new_version(
     facts: VersionFacts,
     model: Model | None,
     ready: dict,
-    on_recorded: Callable[[ModelVersion], None],
+    attempt: Attempt,
+    on_recorded: Callable[[ModelVersion], None] | None,
 ) -> ModelVersion:
     with transaction.atomic():
+        attempt.finish()
         version, announced = record_version(
             actor=actor, facts=facts, model=model, mlflow_version=ready
         )
@@ -419,7 +432,8 @@ def _record_new_version(
                 status=409,
                 extra={"version": version.version},
             )
-        on_recorded(version)
+        if on_recorded is not None:
+            on_recorded(version)
     return version
 
 

@@ -188,6 +188,30 @@ def test_a_repeated_registration_changes_nothing(client, writer, logged_model):
     assert (model.baseline_value, model.description) == (0.8, "")
 
 
+def test_a_registration_keeps_what_the_owner_changed_while_mlflow_worked(
+    client, writer, logged_model, another_logged_model, monkeypatch
+):
+    first = body(logged_model)
+    assert register(client, writer, first).status_code == 201
+    wait = services.wait_until_ready
+
+    def owner_edits_meanwhile(name, version):
+        Model.objects.filter(name=name).update(description="edited meanwhile")
+        return wait(name, version)
+
+    monkeypatch.setattr(services, "wait_until_ready", owner_edits_meanwhile)
+    second = {
+        **first,
+        "model_uri": f"models:/{another_logged_model['model_id']}",
+        "current_value": 0.7,
+    }
+    response = register(client, writer, second)
+
+    assert response.status_code == 201, response.content
+    model = Model.objects.get(name=first["model_name"])
+    assert (model.description, model.status) == ("edited meanwhile", "registered")
+
+
 def test_a_token_taken_while_mlflow_worked_is_409_not_a_crash(
     client, writer, outsider, logged_model, monkeypatch
 ):
