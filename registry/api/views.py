@@ -120,7 +120,9 @@ class OwnedVersionOutputSerializer(VersionOutputSerializer):
     registered_by = serializers.CharField()
 
 
-class ModelOutputSerializer(serializers.Serializer):
+class ModelFieldsSerializer(serializers.Serializer):
+    """A model's own fields, as every answer about it shows them."""
+
     model_id = serializers.CharField()
     name = serializers.CharField()
     token_symbol = serializers.CharField()
@@ -131,24 +133,38 @@ class ModelOutputSerializer(serializers.Serializer):
     baseline_value = serializers.FloatField()
     tags = serializers.DictField(child=serializers.CharField())
     status = serializers.ChoiceField(choices=Model.STATUS_CHOICES)
-    latest_version = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
 
-    def get_latest_version(self, model: Model) -> dict | None:
-        if not model.latest_versions:
-            return None
-        return version_output(model.latest_versions[0], self.context["caller"])
+
+class ModelOutputSerializer(ModelFieldsSerializer):
+    """The answer's shape, for the schema; `model_output` fills it in."""
+
+    latest_version = OwnedVersionOutputSerializer(
+        allow_null=True,
+        help_text="The newest version. run_id, source, contributor_address and registered_by "
+        "are shown to the model's owner and staff only.",
+    )
+
+
+# One instance of each for every answer: filling one in keeps no state, and building a
+# serializer's fields anew for each answer cost as much as filling them in.
+MODEL_FIELDS = ModelFieldsSerializer()
+VERSION_OUTPUT = VersionOutputSerializer()
+OWNED_VERSION_OUTPUT = OwnedVersionOutputSerializer()
 
 
 def version_output(version: ModelVersion, caller) -> dict:
     owned = services.owned_by(version.model, caller)
-    serializer = OwnedVersionOutputSerializer if owned else VersionOutputSerializer
-    return serializer(version).data
+    return (OWNED_VERSION_OUTPUT if owned else VERSION_OUTPUT).to_representation(version)
 
 
 def model_output(model: Model, request) -> dict:
-    return ModelOutputSerializer(model, context={"caller": caller_of(request)}).data
+    latest = model.latest_versions[0] if model.latest_versions else None
+    return {
+        **MODEL_FIELDS.to_representation(model),
+        "latest_version": None if latest is None else version_output(latest, caller_of(request)),
+    }
 
 
 def callers_view_of(model_id: str) -> Model:
