@@ -95,9 +95,9 @@ def _active_endpoints() -> list[WebhookEndpoint]:
     no query while it is). A changed URL or secret re-enables it: it is a new receiver."""
     url, secret = settings.WEBHOOK_URL, settings.WEBHOOK_SECRET
     endpoints = list(
-        WebhookEndpoint.objects.filter(Q(is_active=True) | Q(from_settings=True)).only(
-            *_FIELDS_USED
-        )
+        WebhookEndpoint.objects.filter(Q(is_active=True) | Q(from_settings=True))
+        .only(*_FIELDS_USED)
+        .order_by()  # any order: every one gets its deliveries
     )
     configured = next((endpoint for endpoint in endpoints if endpoint.from_settings), None)
     in_step = configured is not None and (configured.url, configured.secret) == (url, secret)
