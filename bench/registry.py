@@ -480,40 +480,10 @@ def cpu_figure(milliseconds: float | None) -> str:
     return "-" if milliseconds is None else f"{milliseconds:.2f}"
 
 
-def median_rounds(items: list, score) -> list:
-    """Each variant's median round (the lower of the two middle ones for an even count)."""
-    shown = []
-    for name in dict.fromkeys(item.variant for item in items):
-        rounds = sorted((item for item in items if item.variant == name), key=score)
-        shown.append(rounds[(len(rounds) - 1) // 2])
-    return shown
-
-
-def round_ratios(items: list, variant: str, score) -> list[float]:
-    """`variant`'s score over the baseline's (the first variant run) in each round: the two ran
-    back to back, so a drift of the machine's speed moves both."""
-    baseline = items[0].variant
-    scores = {
-        name: [score(item) for item in items if item.variant == name]
-        for name in (baseline, variant)
-    }
-    return [ours / theirs for ours, theirs in zip(scores[variant], scores[baseline], strict=True)]
-
-
-def paired_ratios(items: list, score) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Each variant's ratio in every round, and their median: the ratio a target is set on."""
-    names = dict.fromkeys(item.variant for item in items)
-    per_round = {name: round_ratios(items, name, score) for name in names}
-    return per_round, {name: statistics.median(values) for name, values in per_round.items()}
-
-
 def print_registrations(registrations: list[Registrations]) -> float | None:
     """The table for (a); returns our route's ratio."""
-
-    def score(r: Registrations) -> float:
-        return r.per_second
-
-    per_round, ratios = paired_ratios(registrations, score)
+    shown = best_per_variant(registrations, lambda r: r.per_second)
+    ratios = ratios_to_baseline(shown, lambda r: r.per_second)
     rows = [
         [
             r.variant,
@@ -522,29 +492,39 @@ def print_registrations(registrations: list[Registrations]) -> float | None:
             f"{r.mlflow_cpu_ms:.1f}",
             f"{ratios[r.variant]:.2f}",
             " ".join(f"{x.per_second:.1f}" for x in registrations if x.variant == r.variant),
-            " ".join(f"{ratio:.2f}" for ratio in per_round[r.variant]),
         ]
-        for r in median_rounds(registrations, score)
+        for r in shown
     ]
     print("\n(a) registrations/s")
     headers = ["variant", "registrations/s", "gunicorn cpu ms/reg", "mlflow cpu ms/reg", "ratio"]
-    print(format_table([*headers, "each round", "ratio of each round"], rows))
-    best_ratio = ratios_to_baseline(best_per_variant(registrations, score), score)
-    print(
-        f"Each variant's median round; ratio: the median of the rounds' registrations/s "
-        f"relative to {registrations[0].variant} in the same round (best round against best "
-        f"round: {' '.join(f'{name} {ratio:.2f}' for name, ratio in best_ratio.items())})."
-    )
+    print(format_table([*headers, "each round"], rows))
     return target_ratio(ratios, "a")
+
+
+def round_ratios(throughputs: list[Throughput], variant: str) -> list[float]:
+    """`variant`'s req/s over the baseline's (the first variant run) in each round: the two ran
+    back to back, so a drift of the machine's speed moves both."""
+    baseline = throughputs[0].variant
+    rates = {
+        name: [t.result.requests_per_second for t in throughputs if t.variant == name]
+        for name in (baseline, variant)
+    }
+    return [ours / theirs for ours, theirs in zip(rates[variant], rates[baseline], strict=True)]
 
 
 def print_throughputs(throughputs: list[Throughput]) -> float | None:
     """The table for (b); returns the proxy server's ratio."""
-
-    def score(t: Throughput) -> float:
-        return t.result.requests_per_second
-
-    per_round, ratios = paired_ratios(throughputs, score)
+    names = list(dict.fromkeys(t.variant for t in throughputs))
+    # Each variant's median round (the lower of the two middle ones for an even count).
+    shown = []
+    for name in names:
+        rounds = sorted(
+            (t for t in throughputs if t.variant == name),
+            key=lambda t: t.result.requests_per_second,
+        )
+        shown.append(rounds[(len(rounds) - 1) // 2])
+    per_round = {name: round_ratios(throughputs, name) for name in names}
+    ratios = {name: statistics.median(values) for name, values in per_round.items()}
     rows = [
         [
             t.variant,
@@ -563,7 +543,7 @@ def print_throughputs(throughputs: list[Throughput]) -> float | None:
             ),
             " ".join(f"{ratio:.2f}" for ratio in per_round[t.variant]),
         ]
-        for t in median_rounds(throughputs, score)
+        for t in shown
     ]
     print("\n(b) requests/s")
     headers = ["variant", "route", "req/s", "p50 ms", "p99 ms", "non-2xx", "sock err"]
@@ -571,9 +551,9 @@ def print_throughputs(throughputs: list[Throughput]) -> float | None:
     print(format_table([*headers, "req/s of each round", "ratio of each round"], rows))
     print(
         f"Each variant's median round; ratio: the median of the rounds' req/s relative to "
-        f"{throughputs[0].variant} in the same round. cpu ms/req: CPU time per request of the "
-        "proxying server's processes (granian's for proxy, gunicorn's for web) and of MLflow's. "
-        "other cpu%: the CPU share of work not ours during the run (above "
+        f"{names[0]} in the same round. cpu ms/req: CPU time per request of the proxying "
+        "server's processes (granian's for proxy, gunicorn's for web) and of MLflow's. other "
+        "cpu%: the CPU share of work not ours during the run (above "
         f"{BUSY_MACHINE_PERCENT}% the run competed for the CPU)."
     )
     return target_ratio(ratios, "b")
