@@ -284,10 +284,13 @@ def record_version(
             metric_direction=metric.direction,
         )
     model.baseline_value = facts.baseline_value
+    changed = ["baseline_value", "status", "updated_at"]
     if facts.description:
         model.description = facts.description
+        changed.append("description")
     if facts.tags:
         model.tags = {**model.tags, **facts.tags}
+        changed.append("tags")
     beats = metric.beats(facts.current_value, facts.baseline_value)
     model.status = "ready_to_deploy" if beats else "registered"
     if new_model:
@@ -326,10 +329,8 @@ def record_version(
     )
     if not new_model:
         # Last: updating the model's row locks it until the transaction ends, and every other
-        # registration of this model waits for that lock. Only what a registration changes, so
-        # a change made meanwhile (its owner, say) is not written back.
-        changed = ["baseline_value", "status", "updated_at"]
-        changed += ["description"] * bool(facts.description) + ["tags"] * bool(facts.tags)
+        # registration of this model waits for that lock. Only what this registration changed,
+        # so what someone else changed meanwhile (an edited description, say) stays.
         model.save(update_fields=changed)
     return version, True
 
