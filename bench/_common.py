@@ -121,8 +121,9 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGHUP, _exit)
 
 
-def ensure_database(name: str) -> bool:
-    """Create database `name` on the local PostgreSQL if missing; True if it was created."""
+def ensure_database(name: str, *, fresh: bool = False) -> bool:
+    """Create database `name` on the local PostgreSQL if missing (dropped first when `fresh`);
+    True if it was created."""
     import psycopg2
     from psycopg2 import sql
 
@@ -131,6 +132,10 @@ def ensure_database(name: str) -> bool:
         # CREATE DATABASE cannot run inside a transaction.
         connection.autocommit = True
         with connection.cursor() as cursor:
+            if fresh:
+                cursor.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
             cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
             if cursor.fetchone() is not None:
                 return False

@@ -11,8 +11,9 @@
 routes too.
 
 Everything runs on loopback with the production settings: a dedicated PostgreSQL database,
-Redis db 11, `manage.py mlflow_server` with its default workers, `manage.py mlflow_proxy_server`
-with its defaults, one gunicorn with the config file's worker model.
+emptied at the start, Redis db 11, `manage.py mlflow_server` with its default workers,
+`manage.py mlflow_proxy_server` with its defaults, one gunicorn with the config file's worker
+model.
 
     .venv/bin/python bench/registry.py [--duration 10] [--download-mb 500] [--rounds 5]
 """
@@ -600,8 +601,10 @@ def main() -> None:
     services = Services(log_dir=workdir)
     size = args.download_mb * MiB
     try:
-        if ensure_database(BENCH_DATABASE):
-            print(f".. created database {BENCH_DATABASE}", file=sys.stderr)
+        # Empty for every run: the runs, logged models and versions each run makes would pile
+        # up in MLflow's tables from one run to the next.
+        ensure_database(BENCH_DATABASE, fresh=True)
+        print(f".. created database {BENCH_DATABASE}", file=sys.stderr)
         print_header(args, env)
         setup = start_services(services, env)
         print(f"[pre-flight] {preflight(setup)}")
