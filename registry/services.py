@@ -217,12 +217,11 @@ def wait_until_ready(name: str, version: dict) -> dict:
 def check_ownership(*, actor: Caller, facts: VersionFacts) -> Model | None:
     """The model these facts belong to, if it exists; 409 when it is someone else's or the
     token and the MLflow name disagree with what is registered."""
-    # With its owner, whom the registration's answer names; unordered (at most two rows), which
-    # spares the ORM building an ORDER BY on every registration.
+    # Unordered (at most two rows): spares the ORM building an ORDER BY on every registration.
     found = list(
-        Model.objects.filter(Q(token_symbol=facts.token_symbol) | Q(name=facts.model_name))
-        .select_related("owner_user", "owner_identity")
-        .order_by()
+        Model.objects.filter(
+            Q(token_symbol=facts.token_symbol) | Q(name=facts.model_name)
+        ).order_by()
     )
     for model in found:
         if model.token_symbol != facts.token_symbol:
