@@ -18,11 +18,10 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 
 from authkeys.principals import Caller
 from hokusai_site.errors import ApplicationError
-from registry import audit, mlflow
+from registry import audit, mlflow, selectors
 from registry.attempts import (
     ATTEMPT_MEMORY,
     Attempt,
@@ -31,7 +30,6 @@ from registry.attempts import (
 )
 from registry.metrics import METRICS
 from registry.models import Model, ModelVersion
-from registry.selectors import model_versions
 from webhooks.outbox import record_events
 
 READY = "READY"
@@ -148,7 +146,7 @@ def ensure_version(
         source = Source(run_id="", source=model_uri, model_id=model_id)
     else:
         source = resolve_source(model_uri=model_uri, run_id=run_id, artifact_path=artifact_path)
-    recorded = model.versions.filter(source=source.source).first() if model else None
+    recorded = selectors.version_from_source(model, source.source) if model else None
     if recorded is not None and recorded.announced:
         raise ApplicationError(
             "version_already_registered",
@@ -217,12 +215,7 @@ def wait_until_ready(name: str, version: dict) -> dict:
 def check_ownership(*, actor: Caller, facts: VersionFacts) -> Model | None:
     """The model these facts belong to, if it exists; 409 when it is someone else's or the
     token and the MLflow name disagree with what is registered."""
-    # Unordered (at most two rows): spares the ORM building an ORDER BY on every registration.
-    found = list(
-        Model.objects.filter(
-            Q(token_symbol=facts.token_symbol) | Q(name=facts.model_name)
-        ).order_by()
-    )
+    found = selectors.models_by_token_or_name(facts.token_symbol, facts.model_name)
     for model in found:
         if model.token_symbol != facts.token_symbol:
             raise ApplicationError(
@@ -297,9 +290,7 @@ def record_version(
     number = int(mlflow_version["version"])
     # This number's row (sync or an earlier attempt may have written it) and the newest, in one
     # query: a retry can finish a version older than the newest.
-    later = (
-        [] if new_model else list(model.versions.filter(version__gte=number).order_by("-version"))
-    )
+    later = [] if new_model else selectors.versions_from(model, number)
     version = next((known for known in later if known.version == number), None)
     if version is None:
         version = ModelVersion(
@@ -500,7 +491,7 @@ def model_assign_owner(
             )
         model.owner_user = owner_user
         model.owner_identity = owner_identity
-        newest = model_versions(model).first()
+        newest = selectors.model_versions(model).first()
         current = newest.current_value if newest is not None else None
         beats = METRICS[model.metric_name].beats(current, model.baseline_value)
         model.status = "ready_to_deploy" if beats else "registered"

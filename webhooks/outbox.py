@@ -9,7 +9,6 @@ import uuid
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from webhooks import fallback
@@ -94,10 +93,13 @@ def _active_endpoints() -> list[WebhookEndpoint]:
     """Active endpoints, with the WEBHOOK_URL one brought in step with settings (which costs
     no query while it is). A changed URL or secret re-enables it: it is a new receiver."""
     url, secret = settings.WEBHOOK_URL, settings.WEBHOOK_SECRET
+    # Fixed SQL: every registration asks, and the ORM would compile the query each time
+    # (see registry.selectors). Any order: every one gets its deliveries.
     endpoints = list(
-        WebhookEndpoint.objects.filter(Q(is_active=True) | Q(from_settings=True))
-        .only(*_FIELDS_USED)
-        .order_by()  # any order: every one gets its deliveries
+        WebhookEndpoint.objects.raw(
+            "SELECT id, event_types, from_settings, url, secret, is_active"
+            " FROM webhooks_webhookendpoint WHERE is_active OR from_settings"
+        )
     )
     configured = next((endpoint for endpoint in endpoints if endpoint.from_settings), None)
     in_step = configured is not None and (configured.url, configured.secret) == (url, secret)
@@ -120,6 +122,5 @@ def _active_endpoints() -> list[WebhookEndpoint]:
     ]
 
 
-_FIELDS_USED = ("id", "event_types", "from_settings", "url", "secret", "is_active")
 # What the original platform's single receiver heard about.
 _SETTINGS_EVENT_TYPES = ("model_registered", "model_ready_to_deploy")
