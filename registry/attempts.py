@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db import IntegrityError, transaction
+from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
@@ -28,6 +28,22 @@ from registry.models import RegistrationAttempt
 ATTEMPT_MEMORY = timedelta(days=1)
 
 
+# Claiming and forgetting are fixed SQL, one statement each: every registration runs both, and
+# the ORM's create-or-take-over (a savepoint, the INSERT, on a conflict an UPDATE) and its
+# delete cost ~0.9 ms of CPU apiece (README "Registry and proxy").
+# The row comes back when it is new (created now) or taken over from a failed or dead
+# registration (its lease cleared or run out); no row: another registration holds it.
+_CLAIM = """
+    INSERT INTO registry_registrationattempt (key, model_name, model_uri, locked_until, created_at)
+    VALUES (%(key)s, %(model_name)s, %(model_uri)s, %(locked_until)s, %(now)s)
+    ON CONFLICT (key) DO UPDATE SET locked_until = EXCLUDED.locked_until
+    WHERE registry_registrationattempt.locked_until IS NULL
+       OR registry_registrationattempt.locked_until < %(now)s
+    RETURNING created_at = %(now)s
+"""
+_FORGET = "DELETE FROM registry_registrationattempt WHERE key = %s"
+
+
 @dataclass
 class Attempt:
     key: str
@@ -36,7 +52,8 @@ class Attempt:
 
     def finish(self) -> None:
         """Call in the transaction that records the version."""
-        RegistrationAttempt.objects.filter(key=self.key).delete()
+        with connection.cursor() as cursor:
+            cursor.execute(_FORGET, [self.key])
 
 
 @contextmanager
@@ -44,27 +61,24 @@ def registration_attempt(model_name: str, model_uri: str) -> Iterator[Attempt]:
     """Holds the (name, source) pair while registering; given back when the block fails."""
     key = hashlib.sha256(f"{model_name}\n{model_uri}".encode()).hexdigest()
     now = timezone.now()
-    try:
-        with transaction.atomic():
-            RegistrationAttempt.objects.create(
-                key=key, model_name=model_name, model_uri=model_uri, locked_until=now + LEASE
-            )
-        first = True
-    except IntegrityError:
-        first = False
-        taken = (
-            RegistrationAttempt.objects.filter(key=key)
-            .filter(Q(locked_until__isnull=True) | Q(locked_until__lt=now))
-            .update(locked_until=now + LEASE)
+    as_stored = connection.ops.adapt_datetimefield_value  # as the ORM would store them
+    claim = {
+        "key": key,
+        "model_name": model_name,
+        "model_uri": model_uri,
+        "locked_until": as_stored(now + LEASE),
+        "now": as_stored(now),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM, claim)
+        claimed = cursor.fetchone()
+    if claimed is None:
+        raise ApplicationError(
+            "registration_in_progress",
+            f"{model_uri} is being registered as {model_name} by another request; retry shortly.",
+            status=409,
         )
-        if not taken:
-            raise ApplicationError(
-                "registration_in_progress",
-                f"{model_uri} is being registered as {model_name} by another request; "
-                "retry shortly.",
-                status=409,
-            ) from None
-    attempt = Attempt(key=key, first=first)
+    attempt = Attempt(key=key, first=bool(claimed[0]))
     try:
         yield attempt
     except ApplicationError as exc:

@@ -407,6 +407,20 @@ def test_a_registration_holding_its_source_makes_a_twin_409(writer, owner, logge
     assert not RegistrationAttempt.objects.exists()
 
 
+def test_a_registration_whose_lease_ran_out_is_taken_over(writer, owner, logged_model):
+    uri = f"models:/{logged_model['model_id']}"
+    with registration_attempt("Dead model", uri) as dead:
+        assert dead.first
+        # Its process died holding the row: nothing gave it back, the lease runs out.
+        RegistrationAttempt.objects.update(locked_until=timezone.now() - timedelta(seconds=1))
+        with registration_attempt("Dead model", uri) as retry:
+            assert not retry.first  # it looks in MLflow for what the dead one made
+            (row,) = RegistrationAttempt.objects.all()
+            assert row.locked_until > timezone.now()
+            retry.finish()
+    assert not RegistrationAttempt.objects.exists()
+
+
 def test_a_refused_registration_leaves_no_attempt_and_a_failed_one_is_taken_over(
     client, writer, logged_model, settings
 ):
