@@ -126,6 +126,7 @@ def test_a_registration_creates_the_version_in_mlflow_and_records_it_with_its_ev
     token = payload["token_symbol"].upper()
     assert data["model_id"] == token.lower()
     assert data["token_symbol"] == token
+    assert data["owner"] == "owner"  # the key's owner
     assert data["status"] == "ready_to_deploy"
     assert data["latest_version"]["version"] == 1
     assert data["latest_version"]["source"] == f"models:/{logged_model['model_id']}"
@@ -576,6 +577,7 @@ def test_anyone_may_read_the_registry_but_only_the_owner_sees_runs_and_sources(
     mine = client.get(f"/api/v1/models/{model_id}", **bearer(writer)).json()
 
     assert theirs["token_symbol"] == mine["token_symbol"]
+    assert theirs["owner"] == mine["owner"] == "owner"
     assert "run_id" not in theirs["latest_version"] and "source" not in theirs["latest_version"]
     assert mine["latest_version"]["run_id"] == logged_model["run_id"]
     versions = client.get(f"/api/v1/models/{model_id}/versions", **bearer(reader)).json()
@@ -601,6 +603,23 @@ def test_the_list_filters_by_token_owner_name_and_status(client, writer, logged_
     assert listed(status="ready_to_deploy") == [first["token_symbol"].upper()]
     bad = client.get("/api/v1/models", {"status": "nope"}, **bearer(writer))
     assert problem(bad) == (400, "validation_error")
+
+
+def test_the_owner_shown_is_the_owners_name_whoever_asks(
+    owner, identity, staff, django_assert_num_queries
+):
+    from authkeys.principals import Caller, caller_from_user
+    from registry.api.views import owner_shown
+
+    owners_key = Caller(kind="api_key", label="hk_1", user_id=owner.pk, key_owner="owner")
+    with django_assert_num_queries(0):  # the owner asking carries the name
+        assert owner_shown(Model(owner_user_id=owner.pk), owners_key) == "owner"
+        assert owner_shown(Model(owner_user_id=owner.pk), caller_from_user(owner)) == "owner"
+    assert owner_shown(Model(owner_user_id=owner.pk), caller_from_user(staff)) == "owner"
+    assert owner_shown(Model(owner_user_id=owner.pk), None) == "owner"
+    # A wallet's caller label is its address; the model shows the wallet's own label.
+    wallet = Caller(kind="eth", label=identity.address, identity_id=identity.pk)
+    assert owner_shown(Model(owner_identity_id=identity.pk), wallet) == "wallet"
 
 
 def test_an_unknown_model_is_404(client, writer):
