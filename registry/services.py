@@ -281,7 +281,7 @@ def record_version(
         model.description = facts.description
         changed.append("description")
     if facts.tags:
-        model.tags = {**model.tags, **facts.tags}
+        model.tags = {**model.tags, **facts.tags}  # an existing model's: merged again below
         changed.append("tags")
     beats = metric.beats(facts.current_value, facts.baseline_value)
     model.status = "ready_to_deploy" if beats else "registered"
@@ -320,7 +320,11 @@ def record_version(
     if not new_model:
         # Last: updating the model's row locks it until the transaction ends, and every other
         # registration of this model waits for that lock. Only what this registration changed,
-        # so what someone else changed meanwhile (an edited description, say) stays.
+        # so what someone else changed meanwhile (an edited description, say) stays; its tags
+        # go into the tags as they are now, under that lock, not as loaded before MLflow worked.
+        if facts.tags:
+            now_tagged = Model.objects.select_for_update().filter(pk=model.pk)
+            model.tags = {**now_tagged.values_list("tags", flat=True).get(), **facts.tags}
         model.save(update_fields=changed)
     return version, True
 

@@ -197,7 +197,9 @@ def test_a_registration_keeps_what_the_owner_changed_while_mlflow_worked(
     wait = services.wait_until_ready
 
     def owner_edits_meanwhile(name, version):
-        Model.objects.filter(name=name).update(description="edited meanwhile")
+        Model.objects.filter(name=name).update(
+            description="edited meanwhile", tags={"team": "growth", "stage": "edited"}
+        )
         return wait(name, version)
 
     monkeypatch.setattr(services, "wait_until_ready", owner_edits_meanwhile)
@@ -205,12 +207,16 @@ def test_a_registration_keeps_what_the_owner_changed_while_mlflow_worked(
         **first,
         "model_uri": f"models:/{another_logged_model['model_id']}",
         "current_value": 0.7,
+        "tags": {"team": "ml"},
     }
     response = register(client, writer, second)
 
     assert response.status_code == 201, response.content
     model = Model.objects.get(name=first["model_name"])
     assert (model.description, model.status) == ("edited meanwhile", "registered")
+    # The registration's tag over the tags as edited meanwhile, not as loaded before.
+    assert model.tags == {"team": "ml", "stage": "edited"}
+    assert response.json()["tags"] == model.tags
 
 
 def test_a_token_taken_while_mlflow_worked_is_409_not_a_crash(
