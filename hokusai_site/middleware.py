@@ -1,5 +1,7 @@
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.conf import settings
@@ -23,34 +25,45 @@ class RequestIdMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        request_id = request_id_from_header(request.META.get("HTTP_X_REQUEST_ID"))
-        request.request_id = request_id
+        request.request_id = request_id_from_header(request.META.get("HTTP_X_REQUEST_ID"))
         request.client_ip = client_ip(request.META, trusted_proxies=settings.TRUSTED_PROXY_COUNT)
-        token = current_request_id.set(request_id)
-        ip_token = current_client_ip.set(request.client_ip)
-        started = time.perf_counter()
-        try:
+        with request_context(request.request_id, request.client_ip):
+            started = time.perf_counter()
             response = self.get_response(request)
-            response["X-Request-ID"] = request_id
-            duration_ms = (time.perf_counter() - started) * 1000
-            # The path without its query string: query strings can carry secrets.
-            access_logger.info(
-                "%s %s %s %.1fms",
-                request.method,
-                request.path,
-                response.status_code,
-                duration_ms,
-                extra={
-                    "method": request.method,
-                    "path": request.path,
-                    "status": response.status_code,
-                    "duration_ms": round(duration_ms, 2),
-                },
-            )
+            response["X-Request-ID"] = request.request_id
+            log_request(request.method, request.path, response.status_code, started)
             return response
-        finally:
-            current_request_id.reset(token)
-            current_client_ip.reset(ip_token)
+
+
+@contextmanager
+def request_context(request_id: str, ip: str | None) -> Iterator[None]:
+    """The request's id and client address for every log line and audit row written inside."""
+    id_token = current_request_id.set(request_id)
+    ip_token = current_client_ip.set(ip)
+    try:
+        yield
+    finally:
+        current_request_id.reset(id_token)
+        current_client_ip.reset(ip_token)
+
+
+def log_request(method: str, path: str, status: int, started: float) -> None:
+    """The access log's line for a request answered `started` (perf_counter) ago. `path`
+    without the query string: query strings can carry secrets."""
+    duration_ms = (time.perf_counter() - started) * 1000
+    access_logger.info(
+        "%s %s %s %.1fms",
+        method,
+        path,
+        status,
+        duration_ms,
+        extra={
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(duration_ms, 2),
+        },
+    )
 
 
 class SettingValue:

@@ -12,7 +12,8 @@ only the JSON bodies of the few routes that name storage locations are read whol
 Requests are forwarded through registry.mlflow (the DNS resolver, one keep-alive pool), with our
 credentials removed and the caller named in X-Hokusai-Caller; redirects are passed back, never
 followed. MLflow's own answers, errors included, pass through unchanged; when MLflow cannot be
-reached the answer is ours: 502, or 504 on a timeout.
+reached the answer is ours: 502, or 504 on a timeout. On the proxy server, reads with an API key
+skip Django's request cycle through this module's functions (registry.proxy_fast_path).
 """
 
 from __future__ import annotations
@@ -129,6 +130,12 @@ def required_scope(method: str, path: str) -> str:
 
 # --- Mounts ------------------------------------------------------------------------------------
 
+# Where our paths lead to MLflow (a path without its leading slash starts with one of these).
+MOUNTS = (
+    r"(?:mlflow|api/mlflow|api/2\.0/(?:preview/)?mlflow|api/2\.0/mlflow-artifacts"
+    r"|api/3\.0/mlflow|ajax-api/2\.0)/"
+)
+
 _DROPPED_PREFIX = re.compile(r"^/(?:api/)?mlflow(?=/)")
 
 
@@ -182,7 +189,7 @@ def _unsafe_artifact_path(value: str) -> bool:
     return _traverses(decoded) or decoded.startswith("/") or bool(re.match(r"[A-Za-z]:", decoded))
 
 
-def refused_path(path: str, query: QueryDict) -> str | None:
+def refused_path(path: str, query_string: str) -> str | None:
     """Why MLflow must not see this path or query, or None."""
     if _traverses(path):
         return "The path contains '..', a backslash or a NUL byte."
@@ -192,6 +199,7 @@ def refused_path(path: str, query: QueryDict) -> str | None:
     # Every route that addresses artifacts says so in its path: mlflow-artifacts/…,
     # artifacts/list, get-artifact, upload-artifact, get-trace-artifact, logged-models/…/artifacts.
     if "artifact" in path:
+        query = QueryDict(query_string)
         for name in _PATH_PARAMETERS:
             if any(_unsafe_artifact_path(value) for value in query.getlist(name)):
                 return f"The {name} parameter must be a relative path inside the artifact root."
@@ -275,10 +283,14 @@ def _connection_named(value: str) -> set[str]:
     return {name.strip().lower() for name in value.split(",") if name.strip()}
 
 
-def forwarded_headers(request: HttpRequest, caller: Caller) -> dict[str, str]:
-    dropped = _NOT_FORWARDED | _connection_named(request.META.get("HTTP_CONNECTION", ""))
+def forwarded_headers(
+    meta: dict, *, caller: Caller, client_ip: str | None, host: str, scheme: str, request_id: str
+) -> dict[str, str]:
+    """The headers MLflow gets: the client's (request.META or a WSGI environ) without ours,
+    our identity and forwarding headers added."""
+    dropped = _NOT_FORWARDED | _connection_named(meta.get("HTTP_CONNECTION", ""))
     headers = {}
-    for key, value in request.META.items():
+    for key, value in meta.items():
         if key.startswith("HTTP_"):
             name = key[5:].replace("_", "-").lower()
         elif key == "CONTENT_TYPE" and value:
@@ -289,12 +301,12 @@ def forwarded_headers(request: HttpRequest, caller: Caller) -> dict[str, str]:
             headers[name] = value
     headers.update(
         {
-            "x-forwarded-for": request.client_ip,
-            "x-forwarded-host": request.get_host(),
-            "x-forwarded-proto": request.scheme,
+            "x-forwarded-for": client_ip or "",
+            "x-forwarded-host": host,
+            "x-forwarded-proto": scheme,
             # Percent-encoded: a username may hold characters a header cannot.
             "x-hokusai-caller": quote(f"{caller.kind}:{caller.label}", safe=":@.+-_"),
-            "x-request-id": request.request_id,
+            "x-request-id": request_id,
         }
     )
     return headers
@@ -445,15 +457,20 @@ class MlflowProxyApi(APIView):
 
     def forward(self, request, *args, **kwargs) -> StreamingHttpResponse:
         django_request = request._request
-        refusal = refused_path(self.upstream_path, django_request.GET)
+        refusal = refused_path(self.upstream_path, django_request.META.get("QUERY_STRING", ""))
         if refusal is not None:
             raise ApplicationError("mlflow_path_refused", refusal)
-        headers = forwarded_headers(django_request, caller_of(request))
+        headers = forwarded_headers(
+            django_request.META,
+            caller=caller_of(request),
+            client_ip=django_request.client_ip,
+            host=django_request.get_host(),
+            scheme=django_request.scheme,
+            request_id=django_request.request_id,
+        )
         body = self._body(django_request, headers)
-        target = escape_uri_path(self.upstream_path)
-        if query := django_request.META.get("QUERY_STRING"):
-            target += "?" + query
-        upstream = _open(django_request.method, target, headers=headers, body=body)
+        target = upstream_target(self.upstream_path, django_request.META.get("QUERY_STRING"))
+        upstream = open_upstream(django_request.method, target, headers=headers, body=body)
         # reqwest keeps no reason phrase: Django gives the status code's own.
         response = StreamingHttpResponse(Relay(upstream), status=upstream.status)
         del response["Content-Type"]
@@ -493,7 +510,13 @@ class MlflowProxyApi(APIView):
         return _chunks(stream, length=length, limit=self.max_body_bytes)
 
 
-def _open(
+def upstream_target(path: str, query: str | None) -> str:
+    """What the request line to MLflow names: the MLflow path, percent-encoded, and the query."""
+    target = escape_uri_path(path)
+    return f"{target}?{query}" if query else target
+
+
+def open_upstream(
     method: str, target: str, *, headers: dict[str, str], body: bytes | Iterable[bytes] | None
 ) -> mlflow.StreamedResponse:
     """MLflow's answer, or ours when it cannot give one. BodyTooLarge and BodyIncomplete, raised
@@ -533,10 +556,5 @@ def _opens_ui_page(request) -> bool:
 urlpatterns = [
     # The UI's relative URLs need the trailing slash.
     re_path(r"^mlflow$", RedirectView.as_view(url="mlflow/")),
-    re_path(
-        r"^(?:mlflow|api/mlflow|api/2\.0/(?:preview/)?mlflow|api/2\.0/mlflow-artifacts"
-        r"|api/3\.0/mlflow|ajax-api/2\.0)/",
-        MlflowProxyApi.as_view(),
-        name="mlflow-proxy",
-    ),
+    re_path(rf"^{MOUNTS}", MlflowProxyApi.as_view(), name="mlflow-proxy"),
 ]

@@ -1,15 +1,12 @@
-"""The MLflow proxy in process (Django's test client), against a stand-in for MLflow: a loopback
-HTTP server that records what reaches it and answers what the test asks."""
+"""The MLflow proxy in process (Django's test client), against a stand-in for MLflow
+(tests/registry/stand_in.py)."""
 
 from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 
 import pytest
 from django.http import StreamingHttpResponse
@@ -18,127 +15,15 @@ from hokusai_site import dns
 from hokusai_site.dns import DnsResolver, reset_resolver
 from registry import proxy
 from tests.conftest import free_port
+from tests.registry.stand_in import Reply
 
 pytestmark = pytest.mark.django_db
-
-
-@dataclass
-class Received:
-    method: str
-    target: str  # the request line's target: path and query exactly as sent
-    headers: dict[str, str]  # lower-case names
-    body: bytes
-
-
-@dataclass
-class Reply:
-    status: int = 200
-    headers: list[tuple[str, str]] = field(
-        default_factory=lambda: [("Content-Type", "application/json")]
-    )
-    body: bytes = b'{"ok": true}'
-    delay: float = 0.0
-
-
-def _read_chunked(stream) -> bytes:
-    body = b""
-    while size := int(stream.readline().split(b";")[0], 16):
-        body += stream.read(size)
-        stream.readline()
-    stream.readline()
-    return body
-
-
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address) -> None:
-        pass  # the proxy closing a kept-alive connection is not news
-
-
-class StandIn:
-    """MLflow's stand-in: records every request, answers `reply` (or what `answer` returns)."""
-
-    def __init__(self) -> None:
-        self.received: list[Received] = []
-        self.reply = Reply()
-        self.answer: Callable[[Received], Reply] | None = None
-        stand_in = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def handle_one(self) -> None:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    body = _read_chunked(self.rfile)
-                else:
-                    body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                received = Received(
-                    self.command,
-                    self.path,
-                    {name.lower(): value for name, value in self.headers.items()},
-                    body,
-                )
-                stand_in.received.append(received)
-                reply = stand_in.answer(received) if stand_in.answer else stand_in.reply
-                time.sleep(reply.delay)
-                self.send_response(reply.status)
-                for name, value in reply.headers:
-                    self.send_header(name, value)
-                if not any(name.lower() == "transfer-encoding" for name, _ in reply.headers):
-                    self.send_header("Content-Length", str(len(reply.body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(reply.body)
-
-            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = handle_one
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = _QuietServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(autouse=True)
 def _fast_passwords(settings):
     # The cast's users are created with passwords; the default hasher takes half a second.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(scope="module")
-def _stand_in_server() -> Iterator[StandIn]:
-    server = StandIn()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def stand_in(settings, _stand_in_server) -> Iterator[StandIn]:
-    """The stand-in, with nothing received yet, as the MLflow of this test."""
-    _stand_in_server.received.clear()
-    _stand_in_server.reply = Reply()
-    _stand_in_server.answer = None
-    settings.MLFLOW_TRACKING_URI = _stand_in_server.url
-    reset_resolver()
-    yield _stand_in_server
-    reset_resolver()
-
-
-@pytest.fixture
-def reader(owner, issue_key) -> str:
-    return issue_key(owner, ["mlflow:read"])[1]
-
-
-@pytest.fixture
-def writer(owner, issue_key) -> str:
-    return issue_key(owner, ["mlflow:read", "mlflow:write"])[1]
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -21,7 +21,7 @@ import pytest
 import urllib3
 
 from tests.conftest import SERVER_PROCESSES, subprocess_env
-from tests.registry.test_proxy import StandIn
+from tests.registry.stand_in import StandIn
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
