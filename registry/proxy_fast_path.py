@@ -39,7 +39,12 @@ from authkeys.authentication import (
     key_in_query,
 )
 from authkeys.ratelimit import headers as rate_limit_headers
-from hokusai_site.errors import PROBLEM_CONTENT_TYPE, ApplicationError, problem_body
+from hokusai_site.errors import (
+    PROBLEM_CONTENT_TYPE,
+    ApplicationError,
+    handle_500,
+    problem_body,
+)
 from hokusai_site.middleware import log_request, request_context
 from hokusai_site.request_id import client_ip, request_id_from_header
 from registry import proxy
@@ -71,6 +76,12 @@ class ProxyServer:
         read = _fast_read(environ)
         if read is None:
             return self.full_path(environ, start_response)
+        try:
+            return self._fast(read, environ, start_response)
+        except Exception as exc:
+            return _internal_error(read.request, exc, start_response)
+
+    def _fast(self, read: FastRead, environ: dict, start_response: Callable) -> Iterable[bytes]:
         request_id = request_id_from_header(environ.get("HTTP_X_REQUEST_ID"))
         ip = client_ip(environ, trusted_proxies=settings.TRUSTED_PROXY_COUNT)
         # What Django's handler does at the start and end of every request that matters here:
@@ -178,6 +189,24 @@ def _log(request: WSGIRequest, status: int, started: float) -> None:
         log_response(
             "%s: %s", response.reason_phrase, request.path, response=response, request=request
         )
+
+
+def _internal_error(
+    request: WSGIRequest, exc: Exception, start_response: Callable
+) -> Iterable[bytes]:
+    """As Django's handler answers an exception: logged with its traceback, a 500 in the error
+    shape."""
+    response = handle_500(request)
+    log_response(
+        "%s: %s",
+        response.reason_phrase,
+        request.path,
+        response=response,
+        request=request,
+        exception=exc,
+    )
+    start_response(_status_line(response.status_code), list(response.items()))
+    return [response.content]
 
 
 class SiteHeaders:

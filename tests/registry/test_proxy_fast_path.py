@@ -15,6 +15,7 @@ from django.core import signals
 from django.core.handlers.wsgi import WSGIHandler
 from django.db import close_old_connections
 
+from authkeys import gate
 from hokusai_site import proxy_settings
 from hokusai_site.dns import reset_resolver
 from registry import proxy_fast_path
@@ -117,7 +118,8 @@ def call(
     try:
         data = b"".join(answer)
     finally:
-        answer.close()
+        if hasattr(answer, "close"):  # as WSGI servers do
+            answer.close()
     ((status, answer_headers),) = started
     return Answer(status, answer_headers, data)
 
@@ -414,3 +416,20 @@ def test_ssl_redirect_is_left_to_the_full_path(proxy_server_settings, stand_in, 
     assert full_path.calls == 1
     assert answer.status == "301 Moved Permanently"
     assert stand_in.received == []
+
+
+def test_a_failure_in_the_fast_path_is_a_logged_500_in_the_error_shape(
+    fast_path, full_path, stand_in, reader, monkeypatch, caplog
+):
+    def broken(**_):
+        raise RuntimeError("the gate broke")
+
+    monkeypatch.setattr(gate, "admit", broken)
+    answer = call(fast_path, "GET", MODEL_READ, query="name=m", **bearer(reader))
+    assert answer.status == "500 Internal Server Error"
+    assert answer.problem()["code"] == "internal_error"
+    assert full_path.calls == 0
+    assert stand_in.received == []
+    (record,) = [r for r in caplog.records if r.name == "django.request"]
+    assert record.levelname == "ERROR"
+    assert record.exc_info[1].args == ("the gate broke",)
