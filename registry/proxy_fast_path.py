@@ -94,8 +94,9 @@ class ProxyServer:
             admission = gate.admit(prefix=read.key.prefix, digest=digest, ip=ip)
             if _admitted(admission, read.scope):
                 status, headers, body = self._answer(read, admission, request_id, ip)
-                start_response(_status_line(status), list(headers.items()))
                 _log(read.request, status, started)
+                # Last: after it, an exception could no longer be answered with a 500.
+                start_response(_status_line(status), list(headers.items()))
                 return _Finished(body)
         close_old_connections()
         environ[ADMISSION_ENVIRON_KEY] = KeyAdmission(digest, admission)
