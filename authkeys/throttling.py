@@ -59,6 +59,10 @@ class RateLimitHeadersMiddleware:
         response = self.get_response(request)
         result: RateLimitResult | None = getattr(request, "rate_limit", None)
         if result is not None:
-            for name, value in headers(result).items():
-                response[name] = value
+            add_rate_limit_headers(response, result)
         return response
+
+
+def add_rate_limit_headers(response, result: RateLimitResult) -> None:
+    for name, value in headers(result).items():
+        response[name] = value

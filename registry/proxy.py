@@ -471,12 +471,7 @@ class MlflowProxyApi(APIView):
         body = self._body(django_request, headers)
         target = upstream_target(self.upstream_path, django_request.META.get("QUERY_STRING"))
         upstream = open_upstream(django_request.method, target, headers=headers, body=body)
-        # reqwest keeps no reason phrase: Django gives the status code's own.
-        response = StreamingHttpResponse(Relay(upstream), status=upstream.status)
-        del response["Content-Type"]
-        for name, value in returned_headers(upstream).items():
-            response[name] = value
-        return response
+        return relayed(upstream)
 
     get = head = post = put = patch = delete = forward
 
@@ -508,6 +503,16 @@ class MlflowProxyApi(APIView):
         if length is not None:
             headers["content-length"] = str(length)
         return _chunks(stream, length=length, limit=self.max_body_bytes)
+
+
+def relayed(upstream: mlflow.StreamedResponse) -> StreamingHttpResponse:
+    """MLflow's answer as our response, its body streamed."""
+    # reqwest keeps no reason phrase: Django gives the status code's own.
+    response = StreamingHttpResponse(Relay(upstream), status=upstream.status)
+    del response["Content-Type"]
+    for name, value in returned_headers(upstream).items():
+        response[name] = value
+    return response
 
 
 def upstream_target(path: str, query: str | None) -> str:

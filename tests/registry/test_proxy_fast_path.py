@@ -18,7 +18,6 @@ from django.db import close_old_connections
 from authkeys import gate
 from hokusai_site import proxy_settings
 from hokusai_site.dns import reset_resolver
-from registry import proxy_fast_path
 from registry.proxy_fast_path import ProxyServer
 from tests.conftest import free_port
 from tests.registry.stand_in import Reply
@@ -57,10 +56,9 @@ class FullPath:
 
 
 @pytest.fixture(autouse=True)
-def _test_transaction_kept_open(monkeypatch):
+def _test_transaction_kept_open():
     """As Django's test client does: a request's start and end would close the connection that
     holds the test's transaction."""
-    monkeypatch.setattr(proxy_fast_path, "close_old_connections", lambda: None)
     signals.request_started.disconnect(close_old_connections)
     signals.request_finished.disconnect(close_old_connections)
     yield
