@@ -274,6 +274,7 @@ def record_version(
             owner_identity_id=None if actor.user_id is not None else actor.identity_id,
             metric_name=facts.metric_name,
             metric_direction=metric.direction,
+            tags=dict(facts.tags or {}),
         )
     model.baseline_value = facts.baseline_value
     changed = ["baseline_value", "status", "updated_at"]
@@ -281,8 +282,7 @@ def record_version(
         model.description = facts.description
         changed.append("description")
     if facts.tags:
-        model.tags = {**model.tags, **facts.tags}  # an existing model's: merged again below
-        changed.append("tags")
+        changed.append("tags")  # an existing model's: merged into its tags as they are, last
     beats = metric.beats(facts.current_value, facts.baseline_value)
     model.status = "ready_to_deploy" if beats else "registered"
     if new_model:
